@@ -1,0 +1,56 @@
+"""`coord status`: is it healthy, and if not, why."""
+
+from __future__ import annotations
+
+import click
+
+from coord.cli.main import CliState, pass_state
+from coord.cli.output import console, fmt, show, table
+
+
+@click.command()
+@pass_state
+@click.pass_context
+def status(ctx: click.Context, state: CliState) -> None:
+    """Engine, queue depth, workers alive, recent failures."""
+    from coord.db import Database
+    from coord.status import collect
+
+    s = state.settings
+    db = Database(s.db_url, sqlite_synchronous=s.sqlite_synchronous)
+    report = collect(s, db)
+    db.dispose()
+
+    def human() -> None:
+        d = report["database"]
+        console.print(f"[bold]database[/]  {d['engine']} {d['url']} "
+                      f"{'reachable' if d['reachable'] else 'UNREACHABLE: ' + d.get('error', '')}"
+                      f"{'' if not d.get('schema') else ' schema ' + str(d['schema'])}")
+        q = report["queue"]
+        console.print(f"[bold]queue[/]     {q['url']}")
+        if not d["reachable"]:
+            return
+        console.print(f"[bold]jobs[/]      pending {q['pending_jobs']}, oldest {fmt(q['oldest_pending_age_s'])} s, "
+                      f"failed last hour {q['failed_last_hour']}")
+        console.print(f"[bold]tasks[/]     {fmt(report['tasks']) if report['tasks'] else 'none'}")
+        console.print(f"[bold]gaps[/]      {report['gaps']}    [bold]sync errors[/] {report['sync_errors']}")
+        for key in [k for k in report if k not in ("database", "queue", "tasks", "gaps", "sync_errors", "workers",
+                                                   "state_dir")]:
+            console.print(f"[bold]{key:9}[/] {fmt(report[key])}")
+        workers = report["workers"]
+        if workers:
+            table("workers", ["worker", "host", "pid", "alive", "seen s ago"],
+                  [(w["worker_id"], w["host"], w["pid"], w["alive"], w["seen_s_ago"]) for w in workers])
+        else:
+            console.print("[bold]workers[/]   none has reported (is `coord worker` running?)")
+        if q["last_errors"]:
+            table("last job errors", ["job", "kind", "status", "attempts", "error"],
+                  [(e["id"], e["job"], e["status"], e["attempts"], e["error"]) for e in q["last_errors"]])
+
+    show(ctx, report, human)
+    if not report["database"]["reachable"]:
+        ctx.exit(69)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(status)

@@ -1,0 +1,153 @@
+"""What differs between SQLite and PostgreSQL, behind one small interface (one class per engine).
+
+The services never ask which engine they run on: claiming, full-text search and insert-or-ignore
+live here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from coord.db.models import Task
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def query_words(query: str) -> list[str]:
+    """Words of a free-text query, lowercased. Only \\w runs survive, so nothing the user types
+    (`%`, `_` as a lone char, quotes, FTS operators) can act as syntax or as a wildcard."""
+    return [w for w in (m.group(0).lower().strip("_") for m in _WORD.finditer(query)) if w][:32]
+
+
+class Backend:
+    dialect = "?"
+
+    def insert(self, table: Any) -> Any:
+        raise NotImplementedError
+
+    def claim_statement(self, agent_id: str, claimer: str, now: datetime, lease_until: datetime) -> Any:
+        """One atomic UPDATE ... RETURNING that moves the best pending task of `agent_id` to claimed."""
+        pick = (
+            select(Task.id)
+            .where(Task.to_agent == agent_id, Task.status == "pending")
+            .order_by(Task.priority.desc(), Task.created_at, Task.id)
+            .limit(1)
+        )
+        pick = self._lock_pick(pick)
+        return (
+            update(Task)
+            .where(Task.id == pick.scalar_subquery())
+            .values(
+                status="claimed",
+                claimed_by=claimer,
+                claimed_at=now,
+                lease_expires_at=lease_until,
+                lease_token=Task.lease_token + 1,
+                attempts=Task.attempts + 1,
+                updated_at=now,
+            )
+            .returning(Task)
+        )
+
+    def _lock_pick(self, pick: Any) -> Any:
+        return pick
+
+    def index_agent(self, session: Session, agent_id: str, description: str, tags: list[str]) -> None:
+        raise NotImplementedError
+
+    def unindex_agent(self, session: Session, agent_id: str) -> None:
+        raise NotImplementedError
+
+    def search(self, session: Session, words: list[str], limit: int) -> list[tuple[str, float]]:
+        """(agent_id, score) best first; score > 0 and larger is better (same contract on both engines)."""
+        raise NotImplementedError
+
+
+class SqliteBackend(Backend):
+    dialect = "sqlite"
+
+    def insert(self, table: Any) -> Any:
+        return sqlite.insert(table)
+
+    def index_agent(self, session: Session, agent_id: str, description: str, tags: list[str]) -> None:
+        self.unindex_agent(session, agent_id)
+        session.execute(
+            text("INSERT INTO agents_fts(agent_id, name, description, tags) VALUES (:a, :n, :d, :t)"),
+            {"a": agent_id, "n": agent_id.replace("-", " "), "d": description, "t": " ".join(tags)},
+        )
+
+    def unindex_agent(self, session: Session, agent_id: str) -> None:
+        session.execute(text("DELETE FROM agents_fts WHERE agent_id = :a"), {"a": agent_id})
+
+    def search(self, session: Session, words: list[str], limit: int) -> list[tuple[str, float]]:
+        if not words:
+            return []
+        # Every word is a quoted FTS5 string (quotes doubled), OR-ed: no operator can be injected.
+        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+        rows = session.execute(
+            text(
+                "SELECT agent_id, -bm25(agents_fts, 0.0, 4.0, 1.0, 3.0) AS score FROM agents_fts "
+                "WHERE agents_fts MATCH :m ORDER BY score DESC LIMIT :lim"
+            ),
+            {"m": match, "lim": limit},
+        ).all()
+        return [(r[0], float(r[1])) for r in rows if r[1] > 0]
+
+
+class PostgresBackend(Backend):
+    dialect = "postgresql"
+
+    def insert(self, table: Any) -> Any:
+        return postgresql.insert(table)
+
+    def _lock_pick(self, pick: Any) -> Any:
+        # Concurrent claimers skip rows another transaction is claiming instead of queueing behind it.
+        return pick.with_for_update(skip_locked=True)
+
+    def index_agent(self, session: Session, agent_id: str, description: str, tags: list[str]) -> None:
+        session.execute(
+            text(
+                "INSERT INTO agent_search(agent_id, doc) VALUES (:a, "
+                "setweight(to_tsvector('english', :n), 'A') || setweight(to_tsvector('english', :t), 'A')"
+                " || setweight(to_tsvector('english', :d), 'C')) "
+                "ON CONFLICT (agent_id) DO UPDATE SET doc = EXCLUDED.doc"
+            ),
+            {"a": agent_id, "n": agent_id.replace("-", " "), "d": description, "t": " ".join(tags)},
+        )
+
+    def unindex_agent(self, session: Session, agent_id: str) -> None:
+        session.execute(text("DELETE FROM agent_search WHERE agent_id = :a"), {"a": agent_id})
+
+    def search(self, session: Session, words: list[str], limit: int) -> list[tuple[str, float]]:
+        if not words:
+            return []
+        # Words are \w runs: safe as tsquery lexemes. OR them, like the SQLite side.
+        query = " | ".join(words)
+        rows = session.execute(
+            text(
+                "SELECT agent_id, ts_rank_cd(doc, q) * 10 AS score FROM agent_search, "
+                "to_tsquery('english', :q) q WHERE doc @@ q ORDER BY score DESC LIMIT :lim"
+            ),
+            {"q": query, "lim": limit},
+        ).all()
+        return [(r[0], float(r[1])) for r in rows if r[1] > 0]
+
+
+def backend_for(dialect: str) -> Backend:
+    if dialect == "sqlite":
+        return SqliteBackend()
+    if dialect == "postgresql":
+        return PostgresBackend()
+    raise ValueError(f"unsupported database engine {dialect!r}: use sqlite or postgresql")
+
+
+def insert_ignore(session: Session, backend: Backend, table: Table | Any, values: dict[str, Any]) -> bool:
+    """Insert unless a unique key already holds the row; True when this call inserted it."""
+    stmt = backend.insert(table).values(**values).on_conflict_do_nothing()
+    return bool(session.execute(stmt).rowcount)

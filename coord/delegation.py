@@ -1,0 +1,300 @@
+"""Delegation (seed `delegateTask`) and the agent side of the queue: claim, heartbeat, complete, fail.
+
+Every state change of a claimed task is one conditional UPDATE that checks the lease owner's fencing
+token and the lease's expiry, so a late or foreign call changes nothing and gets LeaseLost.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from coord.db.backend import Backend, insert_ignore
+from coord.db.models import InboxMessage, Task
+from coord.errors import Conflict, InvalidInput, LeaseLost, NotFound
+from coord.gaps import record_gap
+from coord.ids import check_id, new_id
+from coord.matching.lexical import rank_lexical
+from coord.outbox import add_job
+from coord.payloads import check_payload
+from coord.registry import require_active
+from coord.results import Claim, DelegationResult, TaskInfo
+from coord.states import JOB_DISPATCH, PRIORITIES, PRIORITY_NAMES, TASK_TYPES
+
+
+def check_priority(priority: str | int) -> int:
+    if isinstance(priority, str) and priority in PRIORITIES:
+        return PRIORITIES[priority]
+    raise InvalidInput(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+
+
+def _describe(payload: dict[str, Any]) -> str:
+    return " ".join(str(payload.get(k, "")) for k in ("title", "description", "expertise")).strip()
+
+
+def delegate(
+    session: Session,
+    backend: Backend,
+    settings: Any,
+    *,
+    task_id: str,
+    from_agent: str,
+    to_agent: str,
+    payload: Any,
+    priority: str = "medium",
+    task_type: str = "delegation",
+    now: datetime,
+) -> tuple[DelegationResult, list[str]]:
+    check_id(task_id, "task id")
+    check_id(to_agent, "target agent id")
+    if task_type not in TASK_TYPES:
+        raise InvalidInput(f"task type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
+    if isinstance(payload, dict) and "priority" in payload and priority == "medium":
+        priority = payload["priority"]  # the seed passes priority inside the task data
+    prio = check_priority(priority)
+    data, digest = check_payload(payload, what="task data", max_bytes=settings.max_payload_bytes)
+    require_active(session, from_agent, "delegating agent")
+
+    existing = session.get(Task, task_id)
+    if existing is not None:
+        if (existing.from_agent, existing.to_agent, existing.payload_hash) != (from_agent, to_agent, digest):
+            raise Conflict(f"task id {task_id!r} was already used for a different delegation; use a new id")
+        return DelegationResult("delegated", task_id, to_agent, replayed=True), []
+
+    target_ok = True
+    try:
+        require_active(session, to_agent, "target agent")
+    except NotFound:
+        target_ok = False
+    if not target_ok:
+        gap, outbox = record_gap(
+            session,
+            backend,
+            report_id=task_id,
+            capability_type="agent",
+            name=to_agent,
+            agent_id=from_agent,
+            context={"task": data},
+            now=now,
+            max_attempts=settings.outbox_max_attempts,
+        )
+        fallback = rank_lexical(
+            session, backend, _describe(data) or to_agent.replace("-", " "), limit=3, exclude=(from_agent,)
+        )
+        return DelegationResult(
+            "agent_not_found", task_id, to_agent, fallback, gap.gap_id, gap.status == "replayed"
+        ), outbox
+
+    session.add(
+        Task(
+            id=task_id,
+            from_agent=from_agent,
+            to_agent=to_agent,
+            task_type=task_type,
+            payload=data,
+            payload_hash=digest,
+            priority=prio,
+            status="pending",
+            created_at=now,
+            updated_at=now,
+            max_attempts=settings.max_task_attempts,
+        )
+    )
+    session.flush()
+    job = add_job(session, backend, JOB_DISPATCH, task_id, now=now, max_attempts=settings.outbox_max_attempts)
+    return DelegationResult("delegated", task_id, to_agent), [job]
+
+
+def notify(
+    session: Session, backend: Backend, agent_id: str, kind: str, ref_id: str, body: dict, now: datetime
+) -> bool:
+    """Write one inbox row; a second call for the same (agent, kind, ref) does nothing."""
+    return insert_ignore(
+        session,
+        backend,
+        InboxMessage.__table__,
+        dict(id=new_id(), agent_id=agent_id, kind=kind, ref_id=ref_id, body=body, created_at=now),
+    )
+
+
+def dispatch(session: Session, backend: Backend, task_id: str, now: datetime) -> bool:
+    """The worker's half of a delegation: tell the target. Idempotent on the task id."""
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} vanished before dispatch")
+    body = {
+        "from_agent": task.from_agent,
+        "priority": PRIORITY_NAMES[task.priority],
+        "title": task.payload.get("title"),
+    }
+    return notify(session, backend, task.to_agent, "new_coordination_task", task.id, body, now)
+
+
+def claim_next(
+    session: Session, backend: Backend, agent_id: str, *, claimer: str, lease: timedelta, now: datetime
+) -> Claim | None:
+    require_active(session, agent_id)
+    task = session.execute(backend.claim_statement(agent_id, claimer, now, now + lease)).scalar_one_or_none()
+    if task is None:
+        return None
+    return Claim(
+        task_id=task.id,
+        token=task.lease_token,
+        lease_expires_at=task.lease_expires_at,
+        from_agent=task.from_agent,
+        task_type=task.task_type,
+        priority=PRIORITY_NAMES[task.priority],
+        payload=task.payload,
+        attempt=task.attempts,
+    )
+
+
+def _held(task_id: str, token: int, now: datetime) -> Any:
+    return (Task.id == task_id, Task.status == "claimed", Task.lease_token == token, Task.lease_expires_at > now)
+
+
+def _lost(session: Session, task_id: str, token: int) -> Exception:
+    task = session.get(Task, task_id)
+    if task is None:
+        return NotFound(f"task {task_id!r} does not exist")
+    if task.lease_token != token:
+        return LeaseLost(f"task {task_id!r} was claimed again after your lease (token {token} is stale)")
+    if task.status != "claimed":
+        return LeaseLost(f"task {task_id!r} is {task.status}: your lease is over")
+    return LeaseLost(f"the lease on task {task_id!r} expired at {task.lease_expires_at:%H:%M:%S}Z; claim it again")
+
+
+def heartbeat(session: Session, task_id: str, token: int, *, lease: timedelta, now: datetime) -> datetime:
+    until = now + lease
+    done = session.execute(
+        update(Task).where(*_held(task_id, token, now)).values(lease_expires_at=until, updated_at=now)
+    )
+    if not done.rowcount:
+        raise _lost(session, task_id, token)
+    return until
+
+
+def complete(
+    session: Session, backend: Backend, task_id: str, token: int, result: Any, *, max_bytes: int, now: datetime
+) -> None:
+    data, _ = check_payload(result, what="result", max_bytes=max_bytes, required=False)
+    task = session.get(Task, task_id)
+    if task is not None and task.status == "completed" and task.lease_token == token:
+        return  # a replayed complete by the same lease holder: already done
+    done = session.execute(
+        update(Task)
+        .where(*_held(task_id, token, now))
+        .values(status="completed", completed_at=now, result=data, lease_expires_at=None, updated_at=now)
+    )
+    if not done.rowcount:
+        raise _lost(session, task_id, token)
+    notify(session, backend, task.from_agent, "task_completed", task_id, {"to_agent": task.to_agent}, now)
+
+
+def fail(
+    session: Session, backend: Backend, task_id: str, token: int, error: str, *, retry: bool, now: datetime
+) -> str:
+    """Fail the current attempt; with retry the task goes back to pending while attempts remain."""
+    if not isinstance(error, str) or not error.strip():
+        raise InvalidInput("say why the task failed (error text is required)")
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} does not exist")
+    final = not retry or task.attempts >= task.max_attempts
+    status = "failed" if final else "pending"
+    done = session.execute(
+        update(Task)
+        .where(*_held(task_id, token, now))
+        .values(
+            status=status,
+            error=error[:4000],
+            lease_expires_at=None,
+            claimed_by=None,
+            updated_at=now,
+            completed_at=now if final else None,
+        )
+    )
+    if not done.rowcount:
+        raise _lost(session, task_id, token)
+    if final:
+        notify(session, backend, task.from_agent, "task_failed", task_id, {"error": error[:500]}, now)
+    return status
+
+
+def release(session: Session, task_id: str, token: int, *, now: datetime) -> None:
+    """Give a task back untouched: the attempt is not counted."""
+    done = session.execute(
+        update(Task)
+        .where(*_held(task_id, token, now))
+        .values(status="pending", claimed_by=None, lease_expires_at=None, attempts=Task.attempts - 1, updated_at=now)
+    )
+    if not done.rowcount:
+        raise _lost(session, task_id, token)
+
+
+def reap_expired_leases(session: Session, backend: Backend, now: datetime) -> dict[str, int]:
+    """Expired leases go back to pending, or to failed once the attempts are used up."""
+    expired = (Task.status == "claimed", Task.lease_expires_at <= now)
+    failed = session.execute(
+        update(Task)
+        .where(*expired, Task.attempts >= Task.max_attempts)
+        .values(
+            status="failed",
+            error="lease expired on the last attempt",
+            lease_expires_at=None,
+            updated_at=now,
+            completed_at=now,
+        )
+        .returning(Task.id, Task.from_agent)
+    ).all()
+    for task_id, from_agent in failed:
+        notify(session, backend, from_agent, "task_failed", task_id, {"error": "lease expired"}, now)
+    requeued = session.execute(
+        update(Task).where(*expired).values(status="pending", claimed_by=None, lease_expires_at=None, updated_at=now)
+    ).rowcount
+    return {"requeued": int(requeued or 0), "failed": len(failed)}
+
+
+def task_info(task: Task) -> TaskInfo:
+    return TaskInfo(
+        id=task.id,
+        from_agent=task.from_agent,
+        to_agent=task.to_agent,
+        task_type=task.task_type,
+        payload=task.payload,
+        priority=PRIORITY_NAMES[task.priority],
+        status=task.status,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        claimed_by=task.claimed_by,
+        lease_expires_at=task.lease_expires_at,
+        created_at=task.created_at,
+        completed_at=task.completed_at,
+        result=task.result,
+        error=task.error,
+    )
+
+
+def list_tasks(
+    session: Session, *, agent_id: str | None = None, status: str | None = None, limit: int = 100
+) -> list[TaskInfo]:
+    stmt = select(Task).order_by(Task.created_at.desc()).limit(limit)
+    if agent_id:
+        stmt = stmt.where((Task.to_agent == agent_id) | (Task.from_agent == agent_id))
+    if status:
+        stmt = stmt.where(Task.status == status)
+    return [task_info(t) for t in session.scalars(stmt)]
+
+
+def get_task(session: Session, task_id: str) -> TaskInfo:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} does not exist (see `coord tasks ls`)")
+    return task_info(task)
+
+
+def task_counts(session: Session) -> dict[str, int]:
+    return {s: int(n) for s, n in session.execute(select(Task.status, func.count()).group_by(Task.status))}

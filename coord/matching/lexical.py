@@ -1,0 +1,74 @@
+"""Lexical ranking of agents for a need: exact expertise tags first, then full text, then availability.
+
+The contract (same on SQLite FTS5 and PostgreSQL full-text): a higher score is a better match; an
+exact tag beats any number of words in a description; a busy agent ranks below an idle equal one;
+removed agents never appear. User text is split into words and never used as a pattern.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coord.agentfiles import normalize_tag
+from coord.db.backend import Backend, query_words
+from coord.db.models import Agent, AgentExpertise
+from coord.registry import open_task_counts
+from coord.results import Candidate
+
+# Weights, in one place. PHRASE_TAG: the whole need equals a tag ("react-native"); WORD_TAG: one word
+# of the need equals a tag; text scores are squashed into [0, 1) so tags always dominate.
+PHRASE_TAG = 3.0
+WORD_TAG = 1.0
+TEXT_WEIGHT = 1.0
+LOAD_PENALTY = 0.1  # per claimed task: score / (1 + 0.1 * open tasks)
+FTS_POOL = 50
+
+
+def rank_lexical(
+    session: Session, backend: Backend, need: str, *, limit: int = 5, exclude: tuple[str, ...] = ()
+) -> list[Candidate]:
+    words = query_words(need)
+    phrase = normalize_tag(need)
+    wanted = {w for w in words} | ({phrase} if phrase else set())
+    if not wanted:
+        return []
+    scores: dict[str, float] = {}
+    why: dict[str, list[str]] = {}
+
+    tag_rows = session.execute(
+        select(AgentExpertise.agent_id, AgentExpertise.tag)
+        .join(Agent, Agent.id == AgentExpertise.agent_id)
+        .where(AgentExpertise.tag.in_(wanted), Agent.status == "active")
+    ).all()
+    for agent_id, tag in tag_rows:
+        weight = PHRASE_TAG if tag == phrase else WORD_TAG
+        scores[agent_id] = scores.get(agent_id, 0.0) + weight
+        why.setdefault(agent_id, []).append(f"tag:{tag}")
+
+    for agent_id, raw in backend.search(session, words, FTS_POOL):
+        scores[agent_id] = scores.get(agent_id, 0.0) + TEXT_WEIGHT * raw / (1.0 + raw)
+        why.setdefault(agent_id, []).append("text")
+
+    for agent_id in exclude:
+        scores.pop(agent_id, None)
+    if not scores:
+        return []
+    active = dict(
+        session.execute(select(Agent.id, Agent.description).where(Agent.id.in_(scores), Agent.status == "active")).all()
+    )
+    load = open_task_counts(session, list(active))
+    ranked = sorted(
+        (
+            Candidate(
+                agent_id=a,
+                score=round(s / (1.0 + LOAD_PENALTY * load.get(a, 0)), 6),
+                why=why.get(a, []),
+                description=active[a][:200],
+            )
+            for a, s in scores.items()
+            if a in active
+        ),
+        key=lambda c: (-c.score, c.agent_id),
+    )
+    return ranked[:limit]

@@ -1,0 +1,232 @@
+"""Settings: defaults < TOML file < environment (COORD_*) < command-line flags, with provenance.
+
+pydantic-settings reads each layer; we merge them ourselves so that `coord config show` can say where
+every value came from and a bad value fails with one line naming the field and its source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from coord.errors import SettingsError
+
+ENV_PREFIX = "COORD_"
+DEFAULT_SOURCE = "default"
+
+
+def _default_state_dir() -> Path:
+    # Under systemd, StateDirectory= sets STATE_DIRECTORY; elsewhere follow the XDG base-dir spec.
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "coord"
+
+
+def default_config_paths() -> list[Path]:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [Path(base) / "coord" / "coord.toml", Path("/etc/coord/coord.toml")]
+
+
+def _split_list(value: Any) -> Any:
+    """Lists from the environment may be JSON (`["a","b"]`) or comma-separated (`a,b`)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of coord. Names follow the seed's COORDINATION_CONFIG where it had one."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # Where state lives. Everything else defaults relative to it, so one variable moves a whole install.
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    database_url: str | None = None  # default: sqlite:///<state_dir>/coord.db
+    queue_url: str | None = None  # default: <state_dir>/queue.db (SqliteHuey); redis://... for RedisHuey
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    db_pool_size: int = Field(5, ge=1, le=200)
+    db_max_overflow: int = Field(10, ge=0, le=200)
+
+    # Agents and their folders: earlier folders win on a name clash (project before user, as Claude Code).
+    agent_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    agent_write_dir: Path | None = None  # where coord creates new agents; default: the first agent_dir
+    tools_dir: Path | None = None  # default: <state_dir>/tools
+    max_agent_file_bytes: int = Field(256 * 1024, ge=1024)
+
+    # The coordination queue.
+    lease_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)
+    max_task_attempts: int = Field(3, ge=1, le=100)
+    max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+
+    # The seed's safety flags. All off by default: nothing is installed or created without a person.
+    safe_mode: bool = True
+    allow_automated_installs: bool = False
+    allow_mcp_installs: bool = False
+    allow_agent_creation: bool = False
+    approval_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    max_install_attempts: int = Field(3, ge=1, le=20)
+    allowed_install_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["npm:*", "pypi:*", "github:anthropics/*", "github:modelcontextprotocol/*"]
+    )
+    approval_ttl: timedelta = timedelta(hours=24)
+    install_timeout: float = Field(300.0, gt=0)
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    mcp_config_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    notify_webhook_url: str | None = None
+    notify_command: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # The worker daemon.
+    worker_concurrency: int = Field(2, ge=1, le=64)
+    worker_type: Literal["thread", "process"] = "thread"
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    outbox_max_attempts: int = Field(5, ge=1, le=100)
+    reconcile_interval_seconds: float = Field(10.0, gt=0)
+    watch_debounce_seconds: float = Field(0.2, ge=0)
+
+    # queue: ring the worker through Huey; inline: run jobs in the calling process (tests, one-shot use).
+    dispatch: Literal["queue", "inline"] = "queue"
+    matching: Literal["auto", "lexical", "hybrid"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("agent_dirs", "mcp_config_files", "allowed_install_sources", "notify_command", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("database_url", "queue_url", "notify_webhook_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[override]
+        # load_settings() merges the layers itself (for provenance); validation sees only that merge.
+        return (init_settings,)
+
+    # Derived locations: computed, never stored, so changing state_dir moves all of them.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'coord.db'}"
+
+    @property
+    def queue_location(self) -> str:
+        return self.queue_url or str(self.state_dir / "queue.db")
+
+    @property
+    def tools_path(self) -> Path:
+        return self.tools_dir or self.state_dir / "tools"
+
+    @property
+    def agent_create_dir(self) -> Path | None:
+        return self.agent_write_dir or (self.agent_dirs[0] if self.agent_dirs else None)
+
+
+class LoadedSettings:
+    """Settings plus where each value came from."""
+
+    def __init__(self, settings: Settings, provenance: dict[str, str], config_file: Path | None) -> None:
+        self.settings = settings
+        self.provenance = provenance
+        self.config_file = config_file
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        out = []
+        for name in Settings.model_fields:
+            value = getattr(self.settings, name)
+            out.append((name, _show(value), self.provenance.get(name, DEFAULT_SOURCE)))
+        return out
+
+
+def _show(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_show(v) for v in value]
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def _find_config(explicit: Path | str | None, env: Mapping[str, str]) -> tuple[Path | None, bool]:
+    if explicit:
+        return Path(explicit), True
+    if env.get("COORD_CONFIG"):
+        return Path(env["COORD_CONFIG"]), True
+    for candidate in default_config_paths():
+        if candidate.is_file():
+            return candidate, False
+    return None, False
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist (named by --config or COORD_CONFIG)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc.strerror}") from None
+    # Allow both a flat file and one with a [coord] table.
+    return data.get("coord", data) if isinstance(data.get("coord"), dict) else data
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    known = {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
+    return {known[key]: value for key, value in env.items() if key in known}
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LoadedSettings:
+    """Build the effective settings; raise SettingsError with one readable line on a bad value."""
+    env = os.environ if env is None else env
+    path, _explicit = _find_config(config_file, env)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((f"file {path}", _read_toml(path)))
+    layers.append(("env", _read_env(env)))
+    layers.append(("flag", {k: v for k, v in (overrides or {}).items() if v is not None}))
+
+    merged: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for source, data in layers:
+        for key, value in data.items():
+            merged[key] = value
+            provenance[key] = source if source != "env" else f"env {ENV_PREFIX}{key.upper()}"
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, merged, provenance)) from None
+    return LoadedSettings(settings, provenance, path)
+
+
+def _explain(exc: ValidationError, merged: dict[str, Any], provenance: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        source = provenance.get(field, DEFAULT_SOURCE)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {field!r} (from {source}); see `coord config show` for the names")
+        else:
+            value = merged.get(field, "<default>")
+            lines.append(f"invalid setting {field}={value!r} (from {source}): {err['msg']}")
+    return "; ".join(lines)
+
+
+__all__ = ["LoadedSettings", "Settings", "load_settings"]
