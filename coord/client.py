@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from coord import collaboration, delegation, gaps, registry
+from coord import collaboration, delegation, gaps, proposals, registry
 from coord.clock import utcnow
+from coord.creation import AgentProposalSpec
 from coord.db import Database, open_database
 from coord.db.models import InboxMessage
 from coord.errors import InvalidInput
@@ -25,11 +26,14 @@ from coord.matching.lexical import rank_lexical
 from coord.outbox import Bell
 from coord.results import (
     AgentInfo,
+    AgentProposalResult,
     Claim,
     CollaborationResult,
+    CollaborationStatus,
     DelegationResult,
     GapResult,
     InboxItem,
+    ProposalInfo,
     TaskInfo,
 )
 from coord.settings import Settings, load_settings
@@ -165,7 +169,7 @@ class Coordinator:
         self, agent_id: str, *, lease_seconds: float | None = None, claimer: str | None = None
     ) -> Claim | None:
         lease = self._lease(lease_seconds)
-        with self.db.session() as s:
+        with self.db.connection() as s:
             claim = delegation.claim_next(
                 s,
                 self.db.backend,
@@ -180,11 +184,11 @@ class Coordinator:
 
     def heartbeat(self, task_id: str, token: int, *, lease_seconds: float | None = None) -> datetime:
         lease = self._lease(lease_seconds)
-        with self.db.session() as s:
+        with self.db.connection() as s:
             return delegation.heartbeat(s, task_id, token, lease=lease, now=self.now())
 
     def complete(self, task_id: str, token: int, result: dict[str, Any] | None = None) -> None:
-        with self.db.session() as s:
+        with self.db.connection() as s:
             delegation.complete(
                 s, self.db.backend, task_id, token, result, max_bytes=self.settings.max_payload_bytes, now=self.now()
             )
@@ -227,9 +231,18 @@ class Coordinator:
 
     # --- collaboration (seed requestCollaboration) -------------------------------------------------------
     def request_collaboration(
-        self, from_agent: str, required_expertise: str, context: dict[str, Any] | None = None, *, id: str | None = None
+        self,
+        from_agent: str,
+        required_expertise: str,
+        context: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        deadline_seconds: float | None = None,
     ) -> CollaborationResult:
         request_id = id or new_id()
+        deadline = collaboration.DEFAULT_DEADLINE if deadline_seconds is None else timedelta(seconds=deadline_seconds)
+        if not timedelta(0) < deadline <= timedelta(days=30):
+            raise InvalidInput("deadline_seconds must be between 0 and 30 days")
         with self.db.session() as s:
             result, outbox = collaboration.request_collaboration(
                 s,
@@ -241,6 +254,7 @@ class Coordinator:
                 context=context,
                 now=self.now(),
                 ranker=self._rank,
+                deadline=deadline,
             )
         log.info(
             "collaboration." + result.status,
@@ -251,6 +265,29 @@ class Coordinator:
         )
         self._ring(outbox)
         return result
+
+    def respond_collaboration(
+        self, request_id: str, agent_id: str, *, accept: bool, note: str | None = None
+    ) -> CollaborationStatus:
+        """A candidate accepts (and is assigned; the requester is notified) or declines a request."""
+        with self.db.session() as s:
+            registry.require_active(s, agent_id, "responding agent")
+            result = collaboration.respond(
+                s, self.db.backend, request_id=request_id, agent_id=agent_id, accept=accept, note=note, now=self.now()
+            )
+        log.info("collaboration.responded", request_id=request_id, agent_id=agent_id, accept=accept,
+                 now_status=result.status)
+        return result
+
+    def close_collaboration(self, request_id: str, requester: str) -> CollaborationStatus:
+        with self.db.session() as s:
+            return collaboration.close_request(
+                s, self.db.backend, request_id=request_id, requester=requester, now=self.now()
+            )
+
+    def get_collaboration(self, request_id: str) -> CollaborationStatus:
+        with self.db.reader() as s:
+            return collaboration.status_of(s, collaboration.get_request(s, request_id))
 
     def find_experts(self, need: str, *, limit: int = 5) -> list:
         with self.db.reader() as s:
@@ -325,3 +362,50 @@ class Coordinator:
                 GapResult(g.resolution_status, g.id, g.capability_type, g.name, g.frequency, False)
                 for g in gaps.list_gaps(s, capability_type)
             ]
+
+    # --- proposals (seed proposeNewAgent, getCapabilityProposals) -----------------------------------------
+    # Agents propose and read; they never approve. Approving is for people: `coord approvals` (ApprovalDesk).
+    def propose_new_agent(
+        self,
+        proposing_agent: str,
+        name: str,
+        description: str,
+        expertise: list[str],
+        *,
+        justification: str | None = None,
+        expected_usage: str | None = None,
+        based_on: str | None = None,
+        tools: list[str] | None = None,
+        model: str = "inherit",
+        id: str | None = None,
+    ) -> AgentProposalResult:
+        spec = AgentProposalSpec(
+            name=name, description=description, expertise=expertise, tools=tools, model=model, based_on=based_on,
+            justification=justification, expected_usage=expected_usage,
+        )
+        proposal_id = id or new_id()
+        with self.db.session() as s:
+            registry.require_active(s, proposing_agent, "proposing agent")
+            result, outbox = proposals.propose_new_agent(
+                s, self.db.backend, self.settings, proposal_id=proposal_id, proposing_agent=proposing_agent,
+                spec=spec, now=self.now(),
+            )
+        log.info("agent." + result.status, proposal_id=result.proposal_id, proposing_agent=proposing_agent,
+                 agent_id=name if isinstance(name, str) else None, errors=result.errors or None)
+        self._ring(outbox)
+        return result
+
+    def get_proposals(
+        self,
+        name: str | None = None,
+        *,
+        capability_type: str | None = None,
+        gap_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[ProposalInfo]:
+        """Proposals for a capability (by name, e.g. 'postgresql', or gap id), best first."""
+        with self.db.reader() as s:
+            return proposals.list_proposals(
+                s, name=name, capability_type=capability_type, gap_id=gap_id, status=status, limit=limit
+            )

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from coord.db.backend import Backend, insert_ignore
@@ -136,35 +137,43 @@ def dispatch(session: Session, backend: Backend, task_id: str, now: datetime) ->
 def claim_next(
     session: Session, backend: Backend, agent_id: str, *, claimer: str, lease: timedelta, now: datetime
 ) -> Claim | None:
+    # The hot path of every claimer: one cheap status read, then one atomic UPDATE ... RETURNING.
     require_active(session, agent_id)
-    task = session.execute(backend.claim_statement(agent_id, claimer, now, now + lease)).scalar_one_or_none()
-    if task is None:
+    row = session.execute(backend.claim_statement(agent_id, claimer, now, now + lease)).one_or_none()
+    if row is None:
         return None
     return Claim(
-        task_id=task.id,
-        token=task.lease_token,
-        lease_expires_at=task.lease_expires_at,
-        from_agent=task.from_agent,
-        task_type=task.task_type,
-        priority=PRIORITY_NAMES[task.priority],
-        payload=task.payload,
-        attempt=task.attempts,
+        task_id=row.id,
+        token=row.lease_token,
+        lease_expires_at=now + lease,
+        from_agent=row.from_agent,
+        task_type=row.task_type,
+        priority=PRIORITY_NAMES[row.priority],
+        payload=row.payload,
+        attempt=row.attempts,
     )
 
 
+TASKS = Task.__table__  # Core statements on the hot paths (see Backend.claim_statement)
+
+
 def _held(task_id: str, token: int, now: datetime) -> Any:
-    return (Task.id == task_id, Task.status == "claimed", Task.lease_token == token, Task.lease_expires_at > now)
+    t = TASKS.c
+    return (t.id == task_id, t.status == "claimed", t.lease_token == token, t.lease_expires_at > now)
 
 
-def _lost(session: Session, task_id: str, token: int) -> Exception:
-    task = session.get(Task, task_id)
+def _lost(session: Session | Connection, task_id: str, token: int) -> Exception:
+    task = session.execute(
+        select(TASKS.c.status, TASKS.c.lease_token, TASKS.c.lease_expires_at).where(TASKS.c.id == task_id)
+    ).one_or_none()
     if task is None:
         return NotFound(f"task {task_id!r} does not exist")
     if task.lease_token != token:
         return LeaseLost(f"task {task_id!r} was claimed again after your lease (token {token} is stale)")
     if task.status != "claimed":
         return LeaseLost(f"task {task_id!r} is {task.status}: your lease is over")
-    return LeaseLost(f"the lease on task {task_id!r} expired at {task.lease_expires_at:%H:%M:%S}Z; claim it again")
+    expired = task.lease_expires_at
+    return LeaseLost(f"the lease on task {task_id!r} expired at {expired:%H:%M:%S}Z; claim it again")
 
 
 def heartbeat(session: Session, task_id: str, token: int, *, lease: timedelta, now: datetime) -> datetime:
@@ -181,17 +190,18 @@ def complete(
     session: Session, backend: Backend, task_id: str, token: int, result: Any, *, max_bytes: int, now: datetime
 ) -> None:
     data, _ = check_payload(result, what="result", max_bytes=max_bytes, required=False)
-    task = session.get(Task, task_id)
-    if task is not None and task.status == "completed" and task.lease_token == token:
-        return  # a replayed complete by the same lease holder: already done
     done = session.execute(
-        update(Task)
+        update(TASKS)
         .where(*_held(task_id, token, now))
         .values(status="completed", completed_at=now, result=data, lease_expires_at=None, updated_at=now)
-    )
-    if not done.rowcount:
+        .returning(TASKS.c.from_agent, TASKS.c.to_agent)
+    ).one_or_none()
+    if done is None:
+        state = session.execute(select(TASKS.c.status, TASKS.c.lease_token).where(TASKS.c.id == task_id)).one_or_none()
+        if state is not None and tuple(state) == ("completed", token):
+            return  # a replayed complete by the same lease holder: already done
         raise _lost(session, task_id, token)
-    notify(session, backend, task.from_agent, "task_completed", task_id, {"to_agent": task.to_agent}, now)
+    notify(session, backend, done.from_agent, "task_completed", task_id, {"to_agent": done.to_agent}, now)
 
 
 def fail(

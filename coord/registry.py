@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from coord.agentfiles import derive_expertise, normalize_tag, validate_agent_name
@@ -16,6 +17,7 @@ from coord.errors import InvalidInput, NotFound
 from coord.results import AgentInfo
 
 MAX_DESCRIPTION = 20_000
+AGENTS = Agent.__table__
 
 
 @dataclass
@@ -55,6 +57,17 @@ def _snapshot(agent: Agent, tags: list[str]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Upsert:
+    """One agent for upsert_agents: the spec plus where it came from."""
+
+    spec: AgentSpec
+    origin: str = "api"
+    source_path: str | None = None
+    content_hash: str | None = None
+    tags: list[str] | None = None  # spec.tags() when the caller (a parser) already computed them
+
+
 def upsert_agent(
     session: Session,
     backend: Backend,
@@ -66,55 +79,98 @@ def upsert_agent(
     content_hash: str | None = None,
 ) -> tuple[Agent, str | None]:
     """Insert or update; returns the row and the history event written (None when nothing changed)."""
-    spec.validated()
-    tags = spec.tags()
+    events = upsert_agents(session, backend, [Upsert(spec, origin, source_path, content_hash)], now=now)
     agent = session.get(Agent, spec.name)
-    event = None
-    if agent is None:
-        agent = Agent(id=spec.name, created_at=now)
-        session.add(agent)
-        event = "registered"
-    before = _snapshot(agent, current_tags(session, spec.name)) if event is None else None
-    was_removed = agent.status == "removed"
-    agent.description = spec.description
-    agent.tools = spec.tools
-    agent.mcp_servers = list(spec.mcp_servers)
-    agent.model = spec.model
-    agent.collaboration = dict(spec.collaboration)
-    agent.origin = origin
-    agent.source_path = source_path
-    agent.content_hash = content_hash
-    agent.status = "active"
-    agent.removed_at = None
-    after = _snapshot(agent, tags)
-    if event is None:
-        if was_removed:
-            event = "restored"
-        elif before != after:
+    assert agent is not None
+    return agent, events[spec.name]
+
+
+def upsert_agents(session: Session, backend: Backend, items: list[Upsert], *, now: datetime) -> dict[str, str | None]:
+    """Insert or update many agents with a few statements (folder sync registers thousands at once).
+
+    Returns agent name -> history event written (registered | updated | restored), None when unchanged.
+    """
+    by_name: dict[str, tuple[Upsert, list[str]]] = {}
+    for item in items:
+        item.spec.validated()
+        by_name[item.spec.name] = (item, item.tags if item.tags is not None else item.spec.tags())
+    if not by_name:
+        return {}
+    names = list(by_name)
+    existing = {a.id: a for a in session.scalars(select(Agent).where(Agent.id.in_(names)))}
+    old_tags: dict[str, list[str]] = {}
+    for agent_id, tag in session.execute(
+        select(AgentExpertise.agent_id, AgentExpertise.tag)
+        .where(AgentExpertise.agent_id.in_(list(existing)))
+        .order_by(AgentExpertise.tag)
+    ):
+        old_tags.setdefault(agent_id, []).append(tag)
+    events: dict[str, str | None] = {}
+    for name, (item, tags) in by_name.items():
+        agent = existing.get(name)
+        if agent is None:
+            agent = Agent(id=name, created_at=now)
+            session.add(agent)
+            event: str | None = "registered"
+            before = None
+        else:
+            before = _snapshot(agent, old_tags.get(name, []))
+            event = "restored" if agent.status == "removed" else None
+        spec = item.spec
+        agent.description = spec.description
+        agent.tools = spec.tools
+        agent.mcp_servers = list(spec.mcp_servers)
+        agent.model = spec.model
+        agent.collaboration = dict(spec.collaboration)
+        agent.origin = item.origin
+        agent.source_path = item.source_path
+        agent.content_hash = item.content_hash
+        agent.status = "active"
+        agent.removed_at = None
+        if event is None and before != _snapshot(agent, sorted(tags)):
             event = "updated"
-    if event is None:
-        return agent, None
-    agent.updated_at = now
-    session.flush()
-    session.execute(delete(AgentExpertise).where(AgentExpertise.agent_id == spec.name))
-    declared = {normalize_tag(x) for x in spec.expertise}
-    session.add_all(AgentExpertise(agent_id=spec.name, tag=t, declared=t in declared) for t in tags)
-    backend.index_agent(session, spec.name, spec.description, tags)
-    session.add(AgentHistory(agent_id=spec.name, event=event, snapshot=after, at=now))
-    return agent, event
+        if event is not None:
+            agent.updated_at = now
+        events[name] = event
+    changed = [n for n, e in events.items() if e is not None]
+    if not changed:
+        return events
+    session.flush()  # agent rows first: tags and the search index refer to them
+    session.execute(delete(AgentExpertise).where(AgentExpertise.agent_id.in_(changed)))
+    rows, history, docs = [], [], []
+    for name in changed:
+        item, tags = by_name[name]
+        declared = {normalize_tag(x) for x in item.spec.expertise}
+        rows.extend({"agent_id": name, "tag": t, "declared": t in declared} for t in tags)
+        history.append({"agent_id": name, "event": events[name], "at": now,
+                        "snapshot": _snapshot(existing.get(name) or session.get(Agent, name), tags)})
+        docs.append((name, item.spec.description, tags))
+    if rows:
+        session.execute(insert(AgentExpertise), rows)
+    session.execute(insert(AgentHistory), history)
+    backend.index_agents(session, docs, replace=[n for n in changed if n in existing])
+    return events
 
 
 def mark_removed(session: Session, backend: Backend, agent_id: str, *, now: datetime) -> bool:
     """Removed agents stay (history, old tasks) but never match and cannot receive new work."""
-    agent = session.get(Agent, agent_id)
-    if agent is None or agent.status == "removed":
-        return False
-    agent.status = "removed"
-    agent.removed_at = now
-    agent.updated_at = now
-    backend.unindex_agent(session, agent_id)
-    session.add(AgentHistory(agent_id=agent_id, event="removed", snapshot={"source_path": agent.source_path}, at=now))
-    return True
+    return bool(mark_removed_many(session, backend, [agent_id], now=now))
+
+
+def mark_removed_many(session: Session, backend: Backend, agent_ids: list[str], *, now: datetime) -> list[str]:
+    """mark_removed for many agents at once; returns the ids that were active."""
+    agents = list(session.scalars(select(Agent).where(Agent.id.in_(agent_ids), Agent.status != "removed")))
+    for agent in agents:
+        agent.status = "removed"
+        agent.removed_at = now
+        agent.updated_at = now
+    if agents:
+        backend.unindex_agents(session, [a.id for a in agents])
+        session.execute(insert(AgentHistory), [
+            {"agent_id": a.id, "event": "removed", "snapshot": {"source_path": a.source_path}, "at": now}
+            for a in agents
+        ])
+    return [a.id for a in agents]
 
 
 def current_tags(session: Session, agent_id: str) -> list[str]:
@@ -125,15 +181,15 @@ def current_tags(session: Session, agent_id: str) -> list[str]:
     )
 
 
-def require_active(session: Session, agent_id: str, role: str = "agent") -> Agent:
-    agent = session.get(Agent, agent_id)
-    if agent is None or agent.status != "active":
-        state = "was removed" if agent is not None else "is not registered"
+def require_active(session: Session | Connection, agent_id: str, role: str = "agent") -> None:
+    """Raise NotFound unless the agent is registered and active. Core select: works on a Connection too."""
+    state = session.scalar(select(AGENTS.c.status).where(AGENTS.c.id == agent_id))
+    if state != "active":
+        why = "was removed" if state is not None else "is not registered"
         raise NotFound(
-            f"{role} {agent_id!r} {state}; register it (`coord agents add`) or put its file in an agent folder",
+            f"{role} {agent_id!r} {why}; register it (`coord agents add`) or put its file in an agent folder",
             agent_id=agent_id,
         )
-    return agent
 
 
 def open_task_counts(session: Session, agent_ids: list[str] | None = None) -> dict[str, int]:

@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select, text, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -32,36 +32,52 @@ class Backend:
         raise NotImplementedError
 
     def claim_statement(self, agent_id: str, claimer: str, now: datetime, lease_until: datetime) -> Any:
-        """One atomic UPDATE ... RETURNING that moves the best pending task of `agent_id` to claimed."""
+        """One atomic UPDATE ... RETURNING that moves the best pending task of `agent_id` to claimed.
+
+        Core (table) statements, not ORM ones: this is every claimer's hot path and the ORM's bulk-update
+        machinery costs more CPU than the statement itself.
+        """
+        t = Task.__table__.c
         pick = (
-            select(Task.id)
-            .where(Task.to_agent == agent_id, Task.status == "pending")
-            .order_by(Task.priority.desc(), Task.created_at, Task.id)
+            select(t.id)
+            .where(t.to_agent == agent_id, t.status == "pending")
+            .order_by(t.priority.desc(), t.created_at, t.id)
             .limit(1)
         )
         pick = self._lock_pick(pick)
         return (
-            update(Task)
-            .where(Task.id == pick.scalar_subquery())
+            update(Task.__table__)
+            .where(t.id == pick.scalar_subquery())
             .values(
                 status="claimed",
                 claimed_by=claimer,
                 claimed_at=now,
                 lease_expires_at=lease_until,
-                lease_token=Task.lease_token + 1,
-                attempts=Task.attempts + 1,
+                lease_token=t.lease_token + 1,
+                attempts=t.attempts + 1,
                 updated_at=now,
             )
-            .returning(Task)
+            .returning(t.id, t.lease_token, t.from_agent, t.task_type, t.priority, t.payload, t.attempts)
         )
 
     def _lock_pick(self, pick: Any) -> Any:
         return pick
 
     def index_agent(self, session: Session, agent_id: str, description: str, tags: list[str]) -> None:
-        raise NotImplementedError
+        self.index_agents(session, [(agent_id, description, tags)], replace=[agent_id])
 
     def unindex_agent(self, session: Session, agent_id: str) -> None:
+        self.unindex_agents(session, [agent_id])
+
+    def index_agents(self, session: Session, docs: list[tuple[str, str, list[str]]], *, replace: list[str]) -> None:
+        """Index (agent_id, description, tags) docs; `replace` names those that may already be indexed."""
+        raise NotImplementedError
+
+    def unindex_agents(self, session: Session, agent_ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def lock_agent_sync(self, session: Session) -> None:
+        """Serialize folder-sync transactions (watcher, `coord agents sync`, agent creation) until commit."""
         raise NotImplementedError
 
     def search(self, session: Session, words: list[str], limit: int) -> list[tuple[str, float]]:
@@ -75,15 +91,22 @@ class SqliteBackend(Backend):
     def insert(self, table: Any) -> Any:
         return sqlite.insert(table)
 
-    def index_agent(self, session: Session, agent_id: str, description: str, tags: list[str]) -> None:
-        self.unindex_agent(session, agent_id)
-        session.execute(
-            text("INSERT INTO agents_fts(agent_id, name, description, tags) VALUES (:a, :n, :d, :t)"),
-            {"a": agent_id, "n": agent_id.replace("-", " "), "d": description, "t": " ".join(tags)},
-        )
+    def index_agents(self, session: Session, docs: list[tuple[str, str, list[str]]], *, replace: list[str]) -> None:
+        self.unindex_agents(session, replace)
+        if docs:
+            session.execute(
+                text("INSERT INTO agents_fts(agent_id, name, description, tags) VALUES (:a, :n, :d, :t)"),
+                [{"a": a, "n": a.replace("-", " "), "d": d, "t": " ".join(t)} for a, d, t in docs],
+            )
 
-    def unindex_agent(self, session: Session, agent_id: str) -> None:
-        session.execute(text("DELETE FROM agents_fts WHERE agent_id = :a"), {"a": agent_id})
+    def unindex_agents(self, session: Session, agent_ids: list[str]) -> None:
+        # agent_id is an UNINDEXED FTS5 column: each DELETE scans the table, so delete many per statement.
+        for i in range(0, len(agent_ids), 500):
+            session.execute(text("DELETE FROM agents_fts WHERE agent_id IN :ids").bindparams(
+                bindparam("ids", expanding=True)), {"ids": agent_ids[i:i + 500]})
+
+    def lock_agent_sync(self, session: Session) -> None:
+        pass  # every write transaction already holds SQLite's write lock from BEGIN IMMEDIATE
 
     def search(self, session: Session, words: list[str], limit: int) -> list[tuple[str, float]]:
         if not words:
@@ -110,7 +133,9 @@ class PostgresBackend(Backend):
         # Concurrent claimers skip rows another transaction is claiming instead of queueing behind it.
         return pick.with_for_update(skip_locked=True)
 
-    def index_agent(self, session: Session, agent_id: str, description: str, tags: list[str]) -> None:
+    def index_agents(self, session: Session, docs: list[tuple[str, str, list[str]]], *, replace: list[str]) -> None:
+        if not docs:
+            return
         session.execute(
             text(
                 "INSERT INTO agent_search(agent_id, doc) VALUES (:a, "
@@ -118,11 +143,16 @@ class PostgresBackend(Backend):
                 " || setweight(to_tsvector('english', :d), 'C')) "
                 "ON CONFLICT (agent_id) DO UPDATE SET doc = EXCLUDED.doc"
             ),
-            {"a": agent_id, "n": agent_id.replace("-", " "), "d": description, "t": " ".join(tags)},
+            [{"a": a, "n": a.replace("-", " "), "d": d, "t": " ".join(t)} for a, d, t in docs],
         )
 
-    def unindex_agent(self, session: Session, agent_id: str) -> None:
-        session.execute(text("DELETE FROM agent_search WHERE agent_id = :a"), {"a": agent_id})
+    def unindex_agents(self, session: Session, agent_ids: list[str]) -> None:
+        if agent_ids:
+            session.execute(text("DELETE FROM agent_search WHERE agent_id = ANY(:ids)"), {"ids": list(agent_ids)})
+
+    def lock_agent_sync(self, session: Session) -> None:
+        # READ COMMITTED lets two syncers insert the same file row; one transaction-scoped lock orders them.
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext('coord.agent_sync'))"))
 
     def search(self, session: Session, words: list[str], limit: int) -> list[tuple[str, float]]:
         if not words:
@@ -150,4 +180,6 @@ def backend_for(dialect: str) -> Backend:
 def insert_ignore(session: Session, backend: Backend, table: Table | Any, values: dict[str, Any]) -> bool:
     """Insert unless a unique key already holds the row; True when this call inserted it."""
     stmt = backend.insert(table).values(**values).on_conflict_do_nothing()
-    return bool(session.execute(stmt).rowcount)
+    # preserve_rowcount: SQLAlchemy does not keep an INSERT's rowcount by default, and psycopg then reports
+    # -1 (truthy), which made every insert-or-ignore look like an insert on PostgreSQL.
+    return session.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount > 0

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,6 +71,12 @@ class Database:
         """A write transaction: committed on success, rolled back on any error."""
         with self._write.begin() as s:
             yield s
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A write transaction on a bare Core connection: for hot paths that need no ORM (claims)."""
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def reader(self) -> Iterator[Session]:

@@ -1,0 +1,132 @@
+"""Claims per second (claim + complete cycles) on SQLite with 1 and 4 claimer processes, next to raw
+SQLite single-row `BEGIN IMMEDIATE` / `COMMIT` transactions per second measured in the same run.
+
+Goal (issue 2): one claim+complete cycle costs at most 3 raw transactions' time.
+Usage: scripts/bench claims [--tasks N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from coord.clock import utcnow
+from coord.db.models import Agent, Task
+from coord.settings import load_settings
+
+
+def _settings(state: Path):
+    return load_settings(overrides={"state_dir": str(state), "dispatch": "inline", "log_level": "warning"}, env={}).settings
+
+
+def raw_transactions(path: Path, n: int, synchronous: str) -> float:
+    """Transactions per second: BEGIN IMMEDIATE; UPDATE one row; COMMIT (same pragmas as coord)."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(f"PRAGMA synchronous={synchronous}")
+    con.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER)")
+    con.execute("INSERT OR IGNORE INTO t VALUES (1, 0)")
+    start = time.perf_counter()
+    for _ in range(n):
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("UPDATE t SET v = v + 1 WHERE id = 1")
+        con.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    con.close()
+    return n / elapsed
+
+
+
+def _fill(state: Path, n: int) -> None:
+    from coord.client import Coordinator
+
+    coord = Coordinator(_settings(state))
+    coord.register_agent("producer", "makes work")
+    coord.register_agent("worker-agent", "does work")
+    now = utcnow()
+    rows = [
+        dict(id=f"t{i:07d}", from_agent="producer", to_agent="worker-agent", task_type="delegation",
+             payload={"title": f"task {i}"}, payload_hash="x", priority=i % 4, status="pending",
+             created_at=now, updated_at=now, max_attempts=3)
+        for i in range(n)
+    ]
+    with coord.db.session() as s:
+        s.execute(Task.__table__.insert(), rows)
+        assert s.get(Agent, "worker-agent") is not None
+    coord.close()
+
+
+def _claimer(state: str, out: mp.Queue) -> None:
+    from coord.client import Coordinator
+    from coord.logs import configure_logging
+
+    configure_logging("warning")
+
+    coord = Coordinator(_settings(Path(state)))
+    done = 0
+    while True:
+        claim = coord.claim_next("worker-agent", lease_seconds=60)
+        if claim is None:
+            break
+        coord.complete(claim.task_id, claim.token, {"ok": True})
+        done += 1
+    coord.close()
+    out.put(done)
+
+
+def claims_per_second(n: int, procs: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        _fill(state, n)
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        workers = [ctx.Process(target=_claimer, args=(str(state), out)) for _ in range(procs)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        total = sum(out.get() for _ in workers)
+        elapsed = time.perf_counter() - start
+        for w in workers:
+            w.join()
+        return total / elapsed, total
+
+
+def main() -> None:
+    from coord.logs import configure_logging
+
+    configure_logging("warning")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--raw", type=int, default=2000, help="raw transactions per baseline sample")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/claim rounds")
+    args = parser.parse_args()
+    print(f"SQLite claim+complete cycles, {args.tasks} tasks a round, {args.rounds} rounds, synchronous=FULL\n")
+    # fsync latency on a shared disk drifts minute to minute, so baseline and claims alternate and
+    # each ratio compares a claim run with the baseline samples taken just before and after it.
+    results: dict[int, list[tuple[float, float]]] = {1: [], 4: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_db = Path(tmp) / "raw.db"
+        before = raw_transactions(raw_db, args.raw, "FULL")
+        for _ in range(args.rounds):
+            for procs in (1, 4):
+                rate, total = claims_per_second(args.tasks, procs)
+                assert total == args.tasks, f"claimed {total} of {args.tasks}"
+                after = raw_transactions(raw_db, args.raw, "FULL")
+                results[procs].append((rate, (before + after) / 2))
+                before = after
+    print(f"{'claimers':>8} {'cycles/s':>9} {'raw tx/s (same time)':>21} {'cycle cost in raw tx':>21}")
+    for procs, rows in results.items():
+        for rate, raw in rows:
+            print(f"{procs:>8} {rate:9.0f} {raw:21.0f} {raw / rate:21.2f}")
+    for procs, rows in results.items():
+        ratios = sorted(raw / rate for rate, raw in rows)
+        print(f"median cost, {procs} claimer(s): {ratios[len(ratios) // 2]:.2f} raw transactions per claim+complete")
+    print("goal: a claim+complete cycle costs at most 3 raw transactions")
+
+
+if __name__ == "__main__":
+    main()
