@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from coord.catalog_mcp import McpServerEntry, SpecError
-from coord.catalog_rules import SAFE_NAME_RULE, check_safe_name, exact_version, npm_range, pep440_spec
+from coord.catalog_mcp import McpServerEntry
+from coord.catalog_rules import FieldError
+from coord.catalog_tools import ToolEntry
 
 __all__ = [
     "CLOSEST_CUTOFF",
@@ -47,11 +48,6 @@ CLOSEST_CUTOFF = 0.5
 MAX_FILE_BYTES = 1 << 20  # catalog files are hand-written; anything bigger is a mistake or an attack
 MAX_QUERY_CHARS = 200  # difflib is quadratic; nobody's tool name is longer
 
-_GITHUB_SOURCE = re.compile(r"^github:([A-Za-z0-9-]{1,39})/([A-Za-z0-9._-]{1,100})$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_PYPI_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_NPM_NAME = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")
-
 
 def shipped_config_dir() -> Path:
     """The `config/` folder beside the `coord` package (repository root in a checkout)."""
@@ -61,158 +57,6 @@ def shipped_config_dir() -> Path:
 def normalize_name(name: str) -> str:
     """Case, `_`, `-` and spaces do not tell names apart: "Sequential_Thinking" is "sequential-thinking"."""
     return re.sub(r"[\s_-]+", "-", name.strip().lower()).strip("-")
-
-
-def _pypi_key(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalization
-
-
-class _EntryError(ValueError):
-    """A cross-field problem that still names the field it is about."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_name
-
-
-class ToolEntry(BaseModel):
-    """One installable command-line tool. `manual` tools are only described: coord never runs their steps."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    aliases: tuple[str, ...] = ()
-    installer: Literal["pip", "npm", "manual"]
-    package: str | None = None
-    version: str | None = None
-    source: str | None = None
-    commit: str | None = None
-    allow_sdist: bool = False
-    bins: tuple[str, ...] = Field(min_length=1)
-    verify: tuple[str, ...] = Field(min_length=1)
-    description: str = Field(min_length=1, max_length=500)
-    manual_steps: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_safe_name(value)
-
-    @field_validator("aliases", "bins")
-    @classmethod
-    def _names(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_safe_name(v) for v in values)
-
-    @field_validator("verify")
-    @classmethod
-    def _verify(cls, argv: tuple[str, ...]) -> tuple[str, ...]:
-        if any("\x00" in a or "\n" in a for a in argv):
-            raise ValueError("verify arguments must not contain NUL or newline characters")
-        return argv
-
-    @field_validator("commit")
-    @classmethod
-    def _commit(cls, value: str | None) -> str | None:
-        if value is not None and not _COMMIT.match(value):
-            raise ValueError("commit must be a full 40-character lowercase hex git commit id")
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_source(cls, raw: Any) -> Any:
-        """An omitted source means the installer's own registry: `pypi:<package>` or `npm:<package>`."""
-        if isinstance(raw, dict) and raw.get("source") is None and isinstance(raw.get("package"), str):
-            registry = {"pip": "pypi", "npm": "npm"}.get(raw.get("installer"))  # type: ignore[arg-type]
-            if registry:
-                return {**raw, "source": f"{registry}:{raw['package']}"}
-        return raw
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ToolEntry:
-        if self.verify[0] not in self.bins:
-            raise _EntryError("verify", f"verify must run one of this tool's bins {list(self.bins)}, "
-                              f"not {self.verify[0]!r}")
-        if self.installer == "manual":
-            return self._check_manual()
-        if self.manual_steps is not None:
-            raise _EntryError("manual_steps", "manual_steps is only for installer = 'manual'")
-        if not self.package:
-            raise _EntryError("package", f"installer {self.installer!r} needs a package name")
-        name_rule = _PYPI_NAME if self.installer == "pip" else _NPM_NAME
-        if not name_rule.match(self.package):
-            raise _EntryError("package", f"{self.package!r} is not a valid {self.installer} package name")
-        self._check_source()
-        if self.commit is None:
-            if self.version is None:
-                raise _EntryError("version", "give an exact version or a constraint (never 'latest')")
-            check = pep440_spec if self.installer == "pip" else npm_range
-            try:
-                check(self.version)
-            except ValueError as exc:
-                raise _EntryError("version", str(exc)) from None
-        return self
-
-    def _check_manual(self) -> ToolEntry:
-        if not self.manual_steps or not self.manual_steps.strip():
-            raise _EntryError("manual_steps", "a manual tool needs manual_steps telling a person what to do")
-        for name in ("source", "commit", "version"):
-            if getattr(self, name) is not None:
-                raise _EntryError(name, f"{name} is meaningless for a manual tool: coord never installs it")
-        if self.allow_sdist:
-            raise _EntryError("allow_sdist", "allow_sdist is only for pip tools")
-        return self
-
-    def _check_source(self) -> None:
-        registry = "pypi" if self.installer == "pip" else "npm"
-        source = self.source or ""
-        if source.startswith("github:"):
-            if not _GITHUB_SOURCE.match(source):
-                raise _EntryError("source", "a github source is 'github:<owner>/<repo>'")
-            if self.commit is None:
-                raise _EntryError("commit", "a github source must pin a 40-character commit")
-            return
-        if self.commit is not None:
-            raise _EntryError("commit", "commit is only for github sources")
-        kind, _, name = source.partition(":")
-        if kind != registry:
-            raise _EntryError("source", f"installer {self.installer!r} installs from '{registry}:' "
-                              f"or 'github:' sources, not {kind!r}")
-        if (_pypi_key(name) != _pypi_key(self.package or "")) if registry == "pypi" else name != self.package:
-            raise _EntryError("source", f"source {source!r} does not name the package {self.package!r}")
-        if self.allow_sdist and self.installer != "pip":
-            raise _EntryError("allow_sdist", "allow_sdist is only for pip tools")
-
-    @property
-    def pinned(self) -> bool:
-        """True when coord's install is reproducible: an exact version or a github commit."""
-        if self.installer == "manual" or self.commit is not None:
-            return self.installer != "manual"
-        version = self.version or ""
-        try:
-            exact_version(version.removeprefix("==") if self.installer == "pip" else version)
-        except ValueError:
-            return False
-        return True
-
-    @property
-    def install_spec(self) -> str | None:
-        """The one argv item pip or npm is given (`ruff==0.6.9`, `prettier@3.3.3`); None for manual tools."""
-        if self.installer == "manual":
-            return None
-        if self.commit is not None:
-            repo = (self.source or "").removeprefix("github:")
-            if self.installer == "pip":
-                return f"{self.package} @ git+https://github.com/{repo}@{self.commit}"
-            return f"github:{repo}#{self.commit}"
-        version = self.version or ""
-        if self.installer == "npm":
-            return f"{self.package}@{version}"
-        return f"{self.package}{version}" if version[:1] in "<>=!~" else f"{self.package}=={version}"
-
-    def lookup_keys(self) -> tuple[list[str], list[str]]:
-        """(declared aliases, implicit aliases): the executables and the package name are implicit ones,
-        because agents report the command they could not run ("rg", "tsc") or the package they know."""
-        return list(self.aliases), [*self.bins, *([self.package] if self.package else [])]
 
 
 @dataclass(frozen=True)
@@ -239,7 +83,7 @@ class Match(Generic[E]):
     entry: E
     how: Literal["exact", "alias", "fuzzy"]
     similarity: float
-    matched: str  # the name or alias that matched, for messages ("ruff, via alias 'rufflint'")
+    matched: str  # exact/alias: the query as given; fuzzy: the normalized name or alias it resembled
 
 
 class _Index(Generic[E]):
@@ -309,7 +153,10 @@ class _Index(Generic[E]):
 
 @dataclass
 class Catalog:
-    """Both catalogs after overrides, keyed by normalized name, plus every problem met while loading."""
+    """Both catalogs after overrides, keyed by normalized name, plus every problem met while loading.
+
+    Read-only once built: the lookup indexes are made in `__post_init__`.
+    """
 
     tools: dict[str, ToolEntry] = field(default_factory=dict)
     mcp_servers: dict[str, McpServerEntry] = field(default_factory=dict)
@@ -453,13 +300,11 @@ def _describe(err: Any) -> tuple[str | None, str]:
     """(field path, message) from one pydantic error, preferring the field a cross-field check names."""
     cause = (err.get("ctx") or {}).get("error")
     path = ".".join(str(p) for p in err["loc"]) or None
-    if isinstance(cause, _EntryError | SpecError):
+    if isinstance(cause, FieldError):
         path = ".".join(filter(None, [path, cause.field]))
     message = str(cause) if isinstance(cause, ValueError) else err["msg"]
     if err["type"] == "missing":
         message = "this field is required"
     elif err["type"] == "extra_forbidden":
         message = "unknown field (a typo?)"
-    if path and path.split(".")[-1] in ("name", "aliases", "bins") and "unsafe" in message:
-        message += f" ({SAFE_NAME_RULE})"
     return path, message

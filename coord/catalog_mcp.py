@@ -20,10 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from coord.catalog_rules import check_safe_name, exact_version
+from coord.catalog_rules import NPM_NAME, PYPI_NAME, FieldError, check_safe_name, exact_version
 from coord.errors import InvalidInput
 
-__all__ = ["Argument", "CoordExtension", "KeyValueInput", "McpServerEntry", "Package", "Remote", "SpecError"]
+__all__ = ["Argument", "CoordExtension", "KeyValueInput", "McpServerEntry", "Package", "Remote"]
 
 META_KEY = "io.coord/catalog"
 _SERVER_NAME = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9._-]+$")
@@ -34,20 +34,12 @@ _TEMPLATE_VAR = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 _REFERENCE = r"(?:\$\{[A-Za-z_][A-Za-z0-9_]*\}|\{[a-zA-Z_][a-zA-Z0-9_]*\})"  # ${ENV_VAR} or registry {var}
 _ONLY_REFERENCES = re.compile(rf"^(?:[^${{}}]*{_REFERENCE})+[^${{}}]*$")
 _IDENTIFIERS = {
-    "npm": re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$"),
-    "pypi": re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"),
+    "npm": NPM_NAME,
+    "pypi": PYPI_NAME,
     "oci": re.compile(r"^[a-z0-9]+(?:[._:/-][a-z0-9]+)*$"),
     "nuget": re.compile(r"^[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*$"),
     "mcpb": re.compile(r"^https://[^\s]+$"),
 }
-
-
-class SpecError(ValueError):
-    """A cross-field problem in a server entry that still names the field it is about."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_name
 
 
 def _var_name(text: str) -> str:
@@ -71,9 +63,9 @@ class Input(_Registry):
     @model_validator(mode="after")
     def _no_stored_secret(self) -> Input:
         if self.is_secret and self.default is not None:
-            raise SpecError("default", "a secret must not have a default stored in the catalog")
+            raise FieldError("default", "a secret must not have a default stored in the catalog")
         if self.is_secret and self.value is not None and not _ONLY_REFERENCES.match(self.value):
-            raise SpecError("value", "a secret value must be only ${VAR}/{var} references, never the secret")
+            raise FieldError("value", "a secret value must be only ${VAR}/{var} references, never the secret")
         return self
 
 
@@ -103,9 +95,9 @@ class Argument(Input):
     @model_validator(mode="after")
     def _shape(self) -> Argument:
         if self.type == "positional" and self.value is None and not self.value_hint:
-            raise SpecError("valueHint", "a positional argument needs a value or a valueHint")
+            raise FieldError("valueHint", "a positional argument needs a value or a valueHint")
         if self.type == "named" and not (self.name and _FLAG.match(self.name)):
-            raise SpecError("name", "a named argument needs a flag name such as '--port'")
+            raise FieldError("name", "a named argument needs a flag name such as '--port'")
         return self
 
 
@@ -118,7 +110,7 @@ class Transport(_Registry):
     @model_validator(mode="after")
     def _url(self) -> Transport:
         if self.type != "stdio" and not (self.url and _URL.match(self.url)):
-            raise SpecError("url", f"a {self.type} transport needs an http(s):// url")
+            raise FieldError("url", f"a {self.type} transport needs an http(s):// url")
         return self
 
 
@@ -147,7 +139,7 @@ class Package(_Registry):
     def _identifier(self) -> Package:
         if not _IDENTIFIERS[self.registry_type].match(self.identifier) or ".." in self.identifier:
             kind = self.registry_type
-            raise SpecError("identifier", f"{self.identifier!r} is not a valid {kind} package identifier")
+            raise FieldError("identifier", f"{self.identifier!r} is not a valid {kind} package identifier")
         return self
 
 
@@ -169,7 +161,7 @@ class CoordExtension(BaseModel):
     @field_validator("aliases")
     @classmethod
     def _aliases(cls, values: list[str]) -> list[str]:
-        return [check_safe_name(v) for v in values]
+        return [check_safe_name(v, lowercase=True) for v in values]
 
     @field_validator("bin")
     @classmethod
@@ -211,7 +203,7 @@ class McpServerEntry(_Registry):
     @model_validator(mode="after")
     def _runnable(self) -> McpServerEntry:
         if not self.packages and not self.remotes:
-            raise SpecError("packages", "a server needs at least one package or remote")
+            raise FieldError("packages", "a server needs at least one package or remote")
         return self
 
     @property
@@ -229,8 +221,12 @@ class McpServerEntry(_Registry):
 
     @property
     def required_secrets(self) -> list[str]:
-        """Every `${VAR}` the default launch spec references: secrets, and required values with no default."""
-        return _Launch(self, {}).build(None, prefer_remote=False)[1]
+        """Every `${VAR}` the default launch spec references: secrets, and required values with no default.
+        Empty when coord cannot launch the server at all (then `launch_spec` says why)."""
+        try:
+            return _Launch(self, {}).build(None, prefer_remote=False)[1]
+        except InvalidInput:
+            return []
 
     def launch_spec(self, prefix: Path | None = None, env_values: dict[str, str] | None = None, *,
                     prefer_remote: bool = False) -> dict[str, Any]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
-SAFE_NAME_RULE = "letters, digits, '.', '_', '+' and '-', starting with a letter or digit, at most 64 long"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+SAFE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 long"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PYPI_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # PEP 508 names, no extras
+NPM_NAME = re.compile(r"^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")  # optionally @scope/
 
 # An exact release: PEP 440 (1.2.3, 1.0rc1, 2025.4.25, 1.0.post1) or semver (1.2.3-beta.1+build.5).
 # Deliberately rejects every range form the registry rejects: ^1.2, ~1.2, >=1, 1.x, 1.*, latest.
@@ -26,11 +28,26 @@ _NPM_RANGE = re.compile(r"^[0-9A-Za-z.^~<>=|*+ -]+$")
 _NPM_TAG_WORDS = re.compile(r"[A-Za-z]{2,}")  # `latest`, `next`, `beta` alone name a moving dist-tag
 
 
-def check_safe_name(value: str) -> str:
-    """A name, alias or executable that is safe as a file name, a config key and an argv item."""
+class FieldError(ValueError):
+    """A cross-field problem in a catalog entry that still names the field it is about, so the loader
+    can report "entry X, field Y" and not just "entry X"."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+def check_safe_name(value: str, *, lowercase: bool = False) -> str:
+    """A name, alias or executable that is safe as a file name, a config key and an argv item.
+
+    `lowercase` for names that also name a folder or a config key (a tool's install prefix, an MCP
+    server's `mcpServers` key), so two spellings can never become two folders.
+    """
     if not _SAFE_NAME.match(value) or ".." in value:
         raise ValueError(f"{value!r} is an unsafe name: use {SAFE_NAME_RULE}; no '/', '..', spaces or "
                          "shell characters")
+    if lowercase and value != value.lower():
+        raise ValueError(f"{value!r} must be lowercase")
     return value
 
 

@@ -134,7 +134,7 @@ class Coordinator:
         task_type: str = "delegation",
         id: str | None = None,
     ) -> DelegationResult:
-        task_id = id or new_id()
+        task_id = new_id() if id is None else id
         with self.db.session() as s:
             result, outbox = delegation.delegate(
                 s,
@@ -239,7 +239,7 @@ class Coordinator:
         id: str | None = None,
         deadline_seconds: float | None = None,
     ) -> CollaborationResult:
-        request_id = id or new_id()
+        request_id = new_id() if id is None else id
         deadline = collaboration.DEFAULT_DEADLINE if deadline_seconds is None else timedelta(seconds=deadline_seconds)
         if not timedelta(0) < deadline <= timedelta(days=30):
             raise InvalidInput("deadline_seconds must be between 0 and 30 days")
@@ -303,7 +303,7 @@ class Coordinator:
         *,
         id: str | None = None,
     ) -> GapResult:
-        report_id = id or new_id()
+        report_id = new_id() if id is None else id
         with self.db.session() as s:
             registry.require_active(s, agent_id, "reporting agent")
             from coord.payloads import check_payload
@@ -338,7 +338,7 @@ class Coordinator:
         info = self.get_agent(agent_id)
         have_tools = {t.strip() for t in tools}
         have_mcp = {m.strip().lower() for m in mcp_servers}
-        base = id or new_id()
+        base = new_id() if id is None else id
         out = []
         for tool in info.tools or []:
             if tool not in have_tools and not tool.startswith("mcp__"):
@@ -383,7 +383,7 @@ class Coordinator:
             name=name, description=description, expertise=expertise, tools=tools, model=model, based_on=based_on,
             justification=justification, expected_usage=expected_usage,
         )
-        proposal_id = id or new_id()
+        proposal_id = new_id() if id is None else id
         with self.db.session() as s:
             registry.require_active(s, proposing_agent, "proposing agent")
             result, outbox = proposals.propose_new_agent(

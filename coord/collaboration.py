@@ -1,21 +1,32 @@
-"""Collaboration requests (seed `requestCollaboration`): ranked candidates, or a recorded expertise gap."""
+"""Collaboration requests (seed `requestCollaboration`): ranked candidates, or a recorded expertise gap.
+
+Lifecycle (the seed's collaboration_requests table: status, suitable_agents, assigned_agents):
+
+    open --(a candidate accepts)--------------------------> assigned   requester notified, request closed
+    open --(every candidate declines, or the deadline passes)--> unanswered  requester notified
+    open | assigned --(the requester closes it)------------> closed     candidates notified
+
+Every transition is one conditional UPDATE on `status = 'open'` (or open/assigned for close), so two
+candidates accepting at once leave one assignee and one clear Conflict.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from coord.db.backend import Backend
-from coord.db.models import CollaborationRequest
+from coord.db.backend import Backend, backend_for, insert_ignore
+from coord.db.models import CollaborationRequest, CollaborationResponse
 from coord.delegation import notify
 from coord.errors import Conflict, InvalidInput, NotFound
 from coord.gaps import record_gap
 from coord.ids import check_id
 from coord.payloads import check_payload
 from coord.registry import require_active
-from coord.results import Candidate, CollaborationResult
+from coord.results import Candidate, CollaborationResult, CollaborationStatus
 
 MAX_EXPERTISE = 500
 DEFAULT_DEADLINE = timedelta(hours=24)
@@ -45,10 +56,7 @@ def request_collaboration(
 
     existing = session.get(CollaborationRequest, request_id)
     if existing is not None:
-        if (existing.requester, existing.required_expertise) != (requester, required_expertise):
-            raise Conflict(f"request id {request_id!r} was already used for a different request; use a new id")
-        cands = [Candidate(**c) for c in existing.candidates]
-        return CollaborationResult("collaboration_requested", request_id, cands, replayed=True), []
+        return _replayed(existing, requester, required_expertise), []
 
     candidates: list[Candidate] = ranker(session, required_expertise, limit=limit, exclude=(requester,))
     if not candidates:
@@ -58,17 +66,24 @@ def request_collaboration(
         )
         return CollaborationResult("no_expert_available", None, [], "create_new_agent", gap.gap_id), outbox
 
-    session.add(
-        CollaborationRequest(
-            id=request_id, requester=requester, required_expertise=required_expertise, context=ctx, status="open",
-            candidates=[c.to_dict() for c in candidates], assigned=[], deadline=now + deadline, created_at=now,
-        )
+    row = dict(
+        id=request_id, requester=requester, required_expertise=required_expertise, context=ctx, status="open",
+        candidates=[c.to_dict() for c in candidates], assigned=[], deadline=now + deadline, created_at=now,
     )
-    session.flush()
+    if not insert_ignore(session, backend, CollaborationRequest.__table__, row):
+        # A concurrent call with the same id committed first (on PostgreSQL both pass the check above).
+        return _replayed(session.get(CollaborationRequest, request_id), requester, required_expertise), []
     for c in candidates:
         body = {"requester": requester, "required_expertise": required_expertise, "score": c.score}
         notify(session, backend, c.agent_id, "collaboration_request", request_id, body, now)
     return CollaborationResult("collaboration_requested", request_id, candidates), []
+
+
+def _replayed(existing: CollaborationRequest, requester: str, required_expertise: str) -> CollaborationResult:
+    if (existing.requester, existing.required_expertise) != (requester, required_expertise):
+        raise Conflict(f"request id {existing.id!r} was already used for a different request; use a new id")
+    cands = [Candidate(**c) for c in existing.candidates]
+    return CollaborationResult("collaboration_requested", existing.id, cands, replayed=True)
 
 
 def get_request(session: Session, request_id: str) -> CollaborationRequest:
@@ -76,3 +91,132 @@ def get_request(session: Session, request_id: str) -> CollaborationRequest:
     if req is None:
         raise NotFound(f"collaboration request {request_id!r} does not exist")
     return req
+
+
+# ---- lifecycle -----------------------------------------------------------------------------------------
+
+MAX_NOTE = 2_000
+
+
+def _backend_of(session: Session) -> Backend:
+    return backend_for(session.get_bind().dialect.name)
+
+
+def _candidate_ids(req: CollaborationRequest) -> list[str]:
+    return [c["agent_id"] for c in req.candidates]
+
+
+def _responses(session: Session, request_id: str) -> dict[str, str]:
+    rows = session.execute(select(CollaborationResponse.agent_id, CollaborationResponse.response)
+                           .where(CollaborationResponse.request_id == request_id))
+    return {a: r for a, r in rows}
+
+
+def status_of(session: Session, req: CollaborationRequest, *, changed: bool = True) -> CollaborationStatus:
+    return CollaborationStatus(
+        request_id=req.id, status=req.status, requester=req.requester, required_expertise=req.required_expertise,
+        candidates=_candidate_ids(req), assigned=list(req.assigned or []), responses=_responses(session, req.id),
+        deadline=req.deadline, closed_at=req.closed_at, changed=changed,
+    )
+
+
+def _move(session: Session, req: CollaborationRequest, from_states: tuple[str, ...], **values: object) -> bool:
+    """The one conditional transition; True when this call made it (the row is refreshed either way)."""
+    row = session.execute(
+        update(CollaborationRequest)
+        .where(CollaborationRequest.id == req.id, CollaborationRequest.status.in_(from_states))
+        .values(**values)
+        .returning(CollaborationRequest.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    session.refresh(req)
+    return row is not None
+
+
+def respond(
+    session: Session,
+    backend: Backend,
+    *,
+    request_id: str,
+    agent_id: str,
+    accept: bool,
+    note: str | None = None,
+    now: datetime,
+) -> CollaborationStatus:
+    """A candidate accepts or declines. Replaying the same answer changes nothing."""
+    req = get_request(session, request_id)
+    if agent_id not in _candidate_ids(req):
+        raise InvalidInput(f"agent {agent_id!r} is not a candidate of collaboration request {request_id!r}; "
+                           f"its candidates are {', '.join(_candidate_ids(req))}")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+        raise InvalidInput(f"a note must be text of at most {MAX_NOTE} characters")
+    answer = "accepted" if accept else "declined"
+    previous = session.get(CollaborationResponse, (request_id, agent_id))
+    if previous is not None:
+        if previous.response == answer:
+            return status_of(session, req, changed=False)
+        raise Conflict(f"{agent_id} already {previous.response} collaboration request {request_id}")
+    if req.status != "open":
+        raise Conflict(_not_open(req), status=req.status)
+    if accept:
+        if not _move(session, req, ("open",), status="assigned", assigned=[agent_id], closed_at=now):
+            raise Conflict(_not_open(req), status=req.status)
+        session.add(CollaborationResponse(request_id=request_id, agent_id=agent_id, response=answer, note=note, at=now))
+        notify(session, backend, req.requester, "collaboration_accepted", request_id,
+               {"agent_id": agent_id, "required_expertise": req.required_expertise, "note": note}, now)
+        for other in _candidate_ids(req):
+            if other != agent_id:
+                notify(session, backend, other, "collaboration_filled", request_id, {"assigned": agent_id}, now)
+        return status_of(session, req)
+    session.add(CollaborationResponse(request_id=request_id, agent_id=agent_id, response=answer, note=note, at=now))
+    session.flush()
+    responses = _responses(session, request_id)
+    if all(responses.get(c) == "declined" for c in _candidate_ids(req)):
+        _report_unanswered(session, backend, req, now, "every candidate declined")
+    return status_of(session, req)
+
+
+def _not_open(req: CollaborationRequest) -> str:
+    if req.status == "assigned":
+        return f"collaboration request {req.id} is already assigned to {', '.join(req.assigned)}"
+    return f"collaboration request {req.id} is {req.status}; it takes no more answers"
+
+
+def _report_unanswered(session: Session, backend: Backend, req: CollaborationRequest, now: datetime,
+                       why: str) -> bool:
+    if not _move(session, req, ("open",), status="unanswered", closed_at=now):
+        return False
+    responses = _responses(session, req.id)
+    body = {"required_expertise": req.required_expertise, "why": why, "candidates": _candidate_ids(req),
+            "declined": sorted(a for a, r in responses.items() if r == "declined"),
+            "suggestion": "record the missing expertise or ask again later"}
+    notify(session, backend, req.requester, "collaboration_unanswered", req.id, body, now)
+    return True
+
+
+def close_request(session: Session, backend: Backend, *, request_id: str, requester: str,
+                  now: datetime) -> CollaborationStatus:
+    """The requester closes its request (withdrawn while open, or done once assigned)."""
+    req = get_request(session, request_id)
+    if req.requester != requester:
+        raise InvalidInput(f"only the requester {req.requester!r} can close collaboration request {request_id!r}")
+    if req.status == "closed":
+        return status_of(session, req, changed=False)
+    if not _move(session, req, ("open", "assigned"), status="closed", closed_at=now):
+        raise Conflict(_not_open(req), status=req.status)
+    for agent in req.assigned or _candidate_ids(req):
+        notify(session, backend, agent, "collaboration_closed", request_id, {"requester": requester}, now)
+    return status_of(session, req)
+
+
+def expire_unanswered(session: Session, now: datetime, *, limit: int = 500) -> int:
+    """The periodic job: open requests past their deadline are reported back to the requester as
+    unanswered. Returns how many."""
+    backend = _backend_of(session)
+    due = session.scalars(
+        select(CollaborationRequest)
+        .where(CollaborationRequest.status == "open", CollaborationRequest.deadline <= now)
+        .order_by(CollaborationRequest.deadline)
+        .limit(limit)
+    ).all()
+    return sum(_report_unanswered(session, backend, req, now, "nobody accepted before the deadline") for req in due)

@@ -61,9 +61,7 @@ def delegate(
 
     existing = session.get(Task, task_id)
     if existing is not None:
-        if (existing.from_agent, existing.to_agent, existing.payload_hash) != (from_agent, to_agent, digest):
-            raise Conflict(f"task id {task_id!r} was already used for a different delegation; use a new id")
-        return DelegationResult("delegated", task_id, to_agent, replayed=True), []
+        return _replayed(existing, from_agent, to_agent, digest), []
 
     target_ok = True
     try:
@@ -89,24 +87,31 @@ def delegate(
             "agent_not_found", task_id, to_agent, fallback, gap.gap_id, gap.status == "replayed"
         ), outbox
 
-    session.add(
-        Task(
-            id=task_id,
-            from_agent=from_agent,
-            to_agent=to_agent,
-            task_type=task_type,
-            payload=data,
-            payload_hash=digest,
-            priority=prio,
-            status="pending",
-            created_at=now,
-            updated_at=now,
-            max_attempts=settings.max_task_attempts,
-        )
+    row = dict(
+        id=task_id,
+        from_agent=from_agent,
+        to_agent=to_agent,
+        task_type=task_type,
+        payload=data,
+        payload_hash=digest,
+        priority=prio,
+        status="pending",
+        created_at=now,
+        updated_at=now,
+        max_attempts=settings.max_task_attempts,
     )
-    session.flush()
+    if not insert_ignore(session, backend, Task.__table__, row):
+        # A concurrent call with the same id committed first (on PostgreSQL both pass the check above):
+        # answer it as the replay, or the conflict, that it is instead of failing on the primary key.
+        return _replayed(session.get(Task, task_id), from_agent, to_agent, digest), []
     job = add_job(session, backend, JOB_DISPATCH, task_id, now=now, max_attempts=settings.outbox_max_attempts)
     return DelegationResult("delegated", task_id, to_agent), [job]
+
+
+def _replayed(existing: Task, from_agent: str, to_agent: str, digest: str) -> DelegationResult:
+    if (existing.from_agent, existing.to_agent, existing.payload_hash) != (from_agent, to_agent, digest):
+        raise Conflict(f"task id {existing.id!r} was already used for a different delegation; use a new id")
+    return DelegationResult("delegated", existing.id, to_agent, replayed=True)
 
 
 def notify(

@@ -85,8 +85,12 @@ def update_file(
     *,
     make_backup: bool = True,
     retries: int = 5,
+    backup_dir: Path | None = None,
 ) -> Path | None:
     """Read-transform-replace `path` under its sidecar lock; returns the backup path (if any).
+
+    backup_dir: where the timestamped backup goes (default: beside `path`); coord passes a folder under
+    its state dir so a user's project does not collect `.bak` files.
 
     Programs that do not take our lock (Claude Desktop rewrites its own config) may change the file
     while we transform it, so the hash is compared again just before the rename and the transform is
@@ -100,7 +104,7 @@ def update_file(
             now = path.read_bytes() if path.exists() else None
             if now != before:
                 continue
-            saved = backup(path) if (make_backup and before is not None and new != before) else None
+            saved = backup(path, backup_dir) if (make_backup and before is not None and new != before) else None
             if new != before:
                 write_atomic(path, new)
             return saved

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from coord.db.backend import Backend, insert_ignore
 from coord.db.models import CapabilityGap, GapReport
-from coord.errors import InvalidInput, NotFound
+from coord.errors import Conflict, InvalidInput, NotFound
 from coord.ids import check_id, new_id
 from coord.outbox import add_job
 from coord.results import GapResult
@@ -61,8 +61,7 @@ def record_gap(
     key = normalize_gap_name(name)
     seen = session.get(GapReport, report_id)
     if seen is not None:
-        gap = session.get(CapabilityGap, seen.gap_id)
-        return GapResult("replayed", gap.id, gap.capability_type, gap.name, gap.frequency, False), []
+        return _replayed(session, seen.gap_id, report_id, capability_type, key), []
 
     gap_id = new_id()
     created = insert_ignore(
@@ -73,20 +72,39 @@ def record_gap(
             first_requested=now, last_requested=now, resolution_status="pending",
         ),
     )
+    if not created:
+        gap_id = session.scalar(
+            select(CapabilityGap.id).where(CapabilityGap.capability_type == capability_type, CapabilityGap.name == key)
+        )
+    # The report row before the count: a concurrent replay of this report id (a retry while the first call is
+    # in flight) waits here for the other transaction, inserts nothing and is answered as a replay, instead
+    # of counting twice or failing on the primary key (PostgreSQL; SQLite serialises writers anyway).
+    report = dict(id=report_id, gap_id=gap_id, agent_id=agent_id, context=context or {}, at=now)
+    if not insert_ignore(session, backend, GapReport.__table__, report):
+        other = session.scalar(select(GapReport.gap_id).where(GapReport.id == report_id))
+        return _replayed(session, other, report_id, capability_type, key), []
     outbox: list[str] = []
     if created:
         frequency = 1
         outbox.append(add_job(session, backend, JOB_PROPOSE, gap_id, now=now, max_attempts=max_attempts))
     else:
-        gap_id, frequency = session.execute(
+        frequency = session.execute(
             update(CapabilityGap)
-            .where(CapabilityGap.capability_type == capability_type, CapabilityGap.name == key)
+            .where(CapabilityGap.id == gap_id)
             .values(frequency=CapabilityGap.frequency + 1, last_requested=now, last_requested_by=agent_id)
-            .returning(CapabilityGap.id, CapabilityGap.frequency)
-        ).one()
-    session.add(GapReport(id=report_id, gap_id=gap_id, agent_id=agent_id, context=context or {}, at=now))
+            .returning(CapabilityGap.frequency)
+        ).scalar_one()
     status = "recorded" if created else "counted"
     return GapResult(status, gap_id, capability_type, key, frequency, created), outbox
+
+
+def _replayed(session: Session, gap_id: str, report_id: str, capability_type: str, key: str) -> GapResult:
+    gap = session.get(CapabilityGap, gap_id)
+    if (gap.capability_type, gap.name) != (capability_type, key):
+        raise Conflict(
+            f"report id {report_id!r} was already used for {gap.capability_type} {gap.name!r}; use a new id"
+        )
+    return GapResult("replayed", gap.id, gap.capability_type, gap.name, gap.frequency, False)
 
 
 def list_gaps(session: Session, capability_type: str | None = None, status: str | None = None) -> list[CapabilityGap]:

@@ -17,7 +17,7 @@ def new_id() -> str:
 
 def check_id(value: str, what: str = "id") -> str:
     """Caller-supplied ids become keys and log fields: keep them short and printable."""
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidInput(
             f"{what} {value!r} is not valid: use 1-128 letters, digits, '.', '_', ':' or '-' (a ULID or UUID works)"
         )

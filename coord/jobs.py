@@ -8,11 +8,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
-from coord.db.models import CapabilityGap, OutboxJob
+from coord.db.models import OutboxJob
 from coord.delegation import dispatch
+from coord.execution import execute
+from coord.installer.service import INSTALL_HANDLER, install_lease
 from coord.logs import get_logger
-from coord.outbox import Handler
-from coord.states import JOB_DISPATCH, JOB_PROPOSE
+from coord.notifiers import notify_job
+from coord.outbox import Handler, OwnTransactions
+from coord.proposals import propose_for_gap
+from coord.states import JOB_DISPATCH, JOB_EXECUTE, JOB_INSTALL, JOB_NOTIFY_APPROVAL, JOB_PROPOSE
 
 log = get_logger(__name__)
 
@@ -32,14 +36,20 @@ def handle_dispatch(session: Session, row: OutboxJob, ctx: JobContext) -> list[s
 
 
 def handle_propose(session: Session, row: OutboxJob, ctx: JobContext) -> list[str]:
-    # Until the resolution engine is wired in, a new gap is recorded as awaiting a proposal.
-    gap = session.get(CapabilityGap, row.ref_id)
-    if gap is not None and gap.resolution_status == "pending":
-        gap.resolution_details = {"proposal": "pending"}
-    return []
+    return propose_for_gap(session, ctx.db.backend, ctx.settings, row.ref_id, now=utcnow())
 
 
-HANDLERS: dict[str, Handler] = {JOB_DISPATCH: handle_dispatch, JOB_PROPOSE: handle_propose}
+def handle_execute(session: Session, row: OutboxJob, ctx: JobContext) -> list[str]:
+    return execute(session, ctx.db.backend, ctx.settings, row.ref_id, now=utcnow(), ctx=ctx)
+
+
+HANDLERS: dict[str, Handler] = {
+    JOB_DISPATCH: handle_dispatch,
+    JOB_PROPOSE: handle_propose,
+    JOB_EXECUTE: handle_execute,
+    JOB_NOTIFY_APPROVAL: OwnTransactions(notify_job),  # network I/O: no transaction held open
+    JOB_INSTALL: INSTALL_HANDLER,  # runs outside a transaction: installs take minutes
+}
 
 
 class InlineBell:
@@ -53,5 +63,11 @@ class InlineBell:
 
         queue = list(outbox_ids)
         while queue:
-            _outcome, follow_ups = run_job(self.ctx.db, queue.pop(0), HANDLERS, self.ctx)
+            _outcome, follow_ups = run_job(self.ctx.db, queue.pop(0), HANDLERS, self.ctx, lease=self._lease)
             queue.extend(follow_ups)
+
+    def _lease(self, job: str) -> Any:
+        # An install runs for minutes: a short lease would let a running worker's reconciler start it twice.
+        from coord.outbox import DEFAULT_LEASE
+
+        return install_lease(self.ctx.settings) if job == JOB_INSTALL else DEFAULT_LEASE

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
@@ -69,7 +69,19 @@ class JobOutcome:
     error: str | None = None
 
 
-Handler = Callable[[Session, OutboxJob, Any], list[str] | None]
+@dataclass(frozen=True)
+class OwnTransactions:
+    """A handler run outside the row's transaction, opening short sessions itself: `fn(db, outbox_id, ctx)`.
+
+    For jobs that run processes for minutes (installs): a transaction held that long would hold SQLite's
+    only write lock. The row is marked done in a transaction of its own afterwards, so the handler must be
+    idempotent across a crash between its last write and that one, as every handler is.
+    """
+
+    fn: Callable[[Any, str, Any], list[str] | None]
+
+
+Handler = Callable[[Session, OutboxJob, Any], list[str] | None] | OwnTransactions
 
 
 def _take(session: Session, outbox_id: str, now: datetime, lease: timedelta) -> OutboxJob | None:
@@ -91,6 +103,11 @@ def run_job(
     lease: Callable[[str], timedelta] = lambda job: DEFAULT_LEASE,
 ) -> tuple[JobOutcome, list[str]]:
     """Run one outbox row to completion. Returns the outcome and the follow-up outbox ids to ring."""
+    with db.reader() as s:
+        # A re-rung bell for a finished row is the common no-op: answer it without taking the write lock.
+        peek = s.get(OutboxJob, outbox_id)
+        if peek is None or peek.status != "pending":
+            return JobOutcome(outbox_id, "skipped", peek.attempts if peek else 0), []
     with db.session() as s:
         row = s.get(OutboxJob, outbox_id)
         if row is None:
@@ -103,38 +120,137 @@ def run_job(
         if attempts > max_attempts:
             # The previous attempts never finished (each killed its worker): a poison job stops here.
             taken.status, taken.finished_at = "failed", now()
-            taken.last_error = (taken.last_error or "") + f" | gave up after {max_attempts} attempts"
+            gave_up = f"gave up after {max_attempts} attempts that never finished"
+            taken.last_error = f"{taken.last_error} | {gave_up}" if taken.last_error else gave_up
             log.error("job.failed", outbox_id=outbox_id, job=job, attempts=attempts, error=taken.last_error)
             return JobOutcome(outbox_id, "failed", attempts, taken.last_error), []
 
     with bound(outbox_id=outbox_id, job=job, ref_id=row.ref_id, attempt=attempts):
         try:
-            with db.session() as s:
-                fresh = s.get(OutboxJob, outbox_id)
-                follow_ups = handlers[job](s, fresh, ctx) or []
-                fresh.status, fresh.finished_at, fresh.last_error = "done", now(), None
+            handler = handlers[job]
+            if isinstance(handler, OwnTransactions):
+                follow_ups = handler.fn(db, outbox_id, ctx) or []
+                with db.session() as s:
+                    fresh = s.get(OutboxJob, outbox_id)
+                    fresh.status, fresh.finished_at, fresh.last_error = "done", now(), None
+            else:
+                with db.session() as s:
+                    fresh = s.get(OutboxJob, outbox_id)
+                    follow_ups = handler(s, fresh, ctx) or []
+                    fresh.status, fresh.finished_at, fresh.last_error = "done", now(), None
             log.info("job.done", follow_ups=len(follow_ups))
             return JobOutcome(outbox_id, "done", attempts), follow_ups
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
             with db.session() as s:
-                fresh = s.get(OutboxJob, outbox_id)
-                fresh.last_error = error
-                if attempts >= max_attempts:
-                    fresh.status, fresh.finished_at = "failed", now()
-                else:
-                    fresh.next_attempt_at = now() + backoff(attempts)
-            status = "failed" if attempts >= max_attempts else "retry"
-            log.warning("job.error", error=error, final=status == "failed")
-            return JobOutcome(outbox_id, status, attempts, error), []
+                outcome = _settle_error(s.get(OutboxJob, outbox_id), exc, now())
+            return outcome, []
 
 
-def due_jobs(session: Session, now: datetime, limit: int = 500) -> list[str]:
-    """Pending rows whose bell may have been lost (or whose retry is due), oldest first."""
+def _settle_error(row: OutboxJob, exc: Exception, now: datetime) -> JobOutcome:
+    """A handler raised on attempt `row.attempts`: retry after a backoff, or fail at the attempt limit."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    row.last_error = error
+    final = row.attempts >= row.max_attempts
+    if final:
+        row.status, row.finished_at = "failed", now
+    else:
+        row.next_attempt_at = now + backoff(row.attempts)
+    log.warning("job.error", outbox_id=row.id, job=row.job, attempt=row.attempts, error=error, final=final)
+    return JobOutcome(row.id, "failed" if final else "retry", row.attempts, error)
+
+
+def run_batch(
+    db: Any,
+    outbox_id: str,
+    handlers: dict[str, Handler],
+    ctx: Any,
+    *,
+    batchable: frozenset[str] = frozenset(),
+    limit: int = 50,
+    now: Callable[[], datetime] = utcnow,
+    lease: Callable[[str], timedelta] = lambda job: DEFAULT_LEASE,
+) -> tuple[list[JobOutcome], list[str]]:
+    """The worker's `run_job`: under load, one bell runs up to `limit` fresh rows of its kind at once.
+
+    Same guarantees as `run_job` (the take is committed before any handler runs, so a crash is counted),
+    two transactions per batch instead of two per job. Only rows never tried before (`attempts == 0`)
+    of a `batchable` kind join a batch, in one transaction with a savepoint each; anything else,
+    including every retry and every row whose worker died, runs alone through `run_job`, so a poison
+    job is isolated after its first try.
+    """
+    # Most bells of a busy queue are for rows a batch already ran: answer those with one cheap read.
+    with db.read_engine.connect() as conn:
+        peek = conn.execute(
+            select(OutboxJob.status, OutboxJob.next_attempt_at, OutboxJob.attempts, OutboxJob.job)
+            .where(OutboxJob.id == outbox_id)
+        ).first()
+    if peek is None or peek.status != "pending" or peek.next_attempt_at > now():
+        # Finished, or leased by a worker running it, or a retry not yet due: a no-op, without the write lock.
+        return [JobOutcome(outbox_id, "skipped", peek.attempts if peek else 0)], []
+    job, fresh = peek.job, peek.attempts == 0
+    if not fresh or job not in batchable or isinstance(handlers.get(job), OwnTransactions):
+        outcome, follow_ups = run_job(db, outbox_id, handlers, ctx, now=now, lease=lease)
+        return [outcome], follow_ups
+
+    taken = _take_fresh(db, outbox_id, job, limit, now(), lease(job))
+    if not taken:  # another worker took it (or it stopped being fresh): the single path sorts it out
+        outcome, follow_ups = run_job(db, outbox_id, handlers, ctx, now=now, lease=lease)
+        return [outcome], follow_ups
+
+    outcomes: list[JobOutcome] = []
+    follow_ups: list[str] = []
+    with db.session() as s:
+        rows = {r.id: r for r in s.scalars(select(OutboxJob).where(OutboxJob.id.in_(taken)))}
+        for row_id in taken:
+            row = rows[row_id]
+            with bound(outbox_id=row_id, job=job, ref_id=row.ref_id, attempt=row.attempts):
+                try:
+                    with s.begin_nested():  # one job's failure rolls back that job only
+                        more = handlers[job](s, row, ctx) or []
+                        row.status, row.finished_at, row.last_error = "done", now(), None
+                except Exception as exc:
+                    outcomes.append(_settle_error(row, exc, now()))
+                    continue
+            follow_ups.extend(more)
+            outcomes.append(JobOutcome(row_id, "done", row.attempts))
+    log.info("jobs.done", job=job, batch=len(taken), done=sum(o.status == "done" for o in outcomes))
+    return outcomes, follow_ups
+
+
+def _take_fresh(db: Any, outbox_id: str, job: str, limit: int, now: datetime, lease: timedelta) -> list[str]:
+    """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement."""
+    others = (
+        select(OutboxJob.id)
+        .where(OutboxJob.status == "pending", OutboxJob.job == job, OutboxJob.attempts == 0,
+               OutboxJob.next_attempt_at <= now, OutboxJob.id != outbox_id)
+        .order_by(OutboxJob.created_at)
+        .limit(limit - 1)
+        .with_for_update(skip_locked=True)  # PostgreSQL: concurrent batches split the rows; SQLite: ignored
+    )
+    with db.session() as s:
+        rows = s.execute(
+            update(OutboxJob)
+            .where((OutboxJob.id == outbox_id) | OutboxJob.id.in_(others.scalar_subquery()),
+                   OutboxJob.status == "pending", OutboxJob.attempts == 0, OutboxJob.next_attempt_at <= now)
+            .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
+            .returning(OutboxJob.id, OutboxJob.created_at)
+            .execution_options(synchronize_session=False)
+        ).all()
+    # If the bell's own row was taken meanwhile, the others are still ours and run now (their lease runs).
+    return [r[0] for r in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+
+def due_jobs(session: Session, now: datetime, limit: int = 500, *, quiet: timedelta = timedelta(0)) -> list[str]:
+    """Pending rows whose bell may have been lost (or whose retry is due), oldest first.
+
+    `quiet`: skip rows rung (or created) less than this long ago, whose bell is most likely still in
+    the queue; re-ringing them would only add no-op messages behind a backlog.
+    """
+    rung = func.coalesce(OutboxJob.rung_at, OutboxJob.created_at)
     return list(
         session.scalars(
             select(OutboxJob.id)
-            .where(OutboxJob.status == "pending", OutboxJob.next_attempt_at <= now)
+            .where(OutboxJob.status == "pending", OutboxJob.next_attempt_at <= now, rung <= now - quiet)
             .order_by(OutboxJob.next_attempt_at)
             .limit(limit)
         )

@@ -115,3 +115,70 @@ class InboxItem(_Result):
     body: dict[str, Any]
     created_at: datetime
     read_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ProposalInfo(_Result):
+    """A proposal to close a gap (seed capability_proposals); `confidence_basis` says why it scored so."""
+
+    id: str
+    gap_id: str | None
+    kind: str  # install_tool | install_mcp | create_agent | workaround
+    status: str  # proposed | invalid | pending_approval | approved | denied | rejected | expired | executing | ...
+    confidence: float
+    confidence_basis: dict[str, Any]
+    details: dict[str, Any]
+    proposed_by: str
+    created_at: datetime
+    approval_id: str | None = None
+    approval_status: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalInfo(_Result):
+    id: str
+    proposal_id: str
+    action: str
+    status: str  # pending | approved | rejected | expired
+    requested_by: str
+    safety_score: float
+    reason: str  # why a person must decide
+    details: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_reason: str | None
+    changed: bool = True  # False when the call found the decision already made (idempotent replay)
+
+
+@dataclass(frozen=True)
+class AgentProposalResult(_Result):
+    """Seed `proposeNewAgent`: invalid_proposal | similar_exists | agent_proposed."""
+
+    status: str
+    agent_id: str | None = None
+    proposal_id: str | None = None
+    approval_id: str | None = None
+    requires_approval: bool = True
+    definition: str | None = None
+    errors: list[str] = field(default_factory=list)
+    alternatives: list[Candidate] = field(default_factory=list)
+    suggestion: str | None = None
+    proposal_status: str | None = None
+
+
+@dataclass(frozen=True)
+class CollaborationStatus(_Result):
+    """A collaboration request's lifecycle: open -> assigned | unanswered | closed."""
+
+    request_id: str
+    status: str
+    requester: str
+    required_expertise: str
+    candidates: list[str]
+    assigned: list[str]
+    responses: dict[str, str]  # agent -> accepted | declined
+    deadline: datetime | None
+    closed_at: datetime | None
+    changed: bool = True

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     install_timeout: float = Field(300.0, gt=0)
     sandbox: Literal["auto", "bwrap", "none"] = "auto"
     mcp_config_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # User catalogs (folders or files), loaded after the shipped one; a later entry replaces an earlier one.
+    catalog_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Where install artifacts come from, for mirrors and offline machines. Operator settings only: they
+    # bypass the package source the allowlist judged, so no proposal can set them (coord.installer.service).
+    # install_find_links: folders (or URLs) pip searches for wheels; npm takes `npm pack` tarballs from them.
+    install_find_links: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    install_index_url: str | None = None  # pip --index-url (a mirror of PyPI)
+    install_npm_registry: str | None = None  # npm --registry (a mirror of the npm registry)
+    install_offline: bool = False  # no network: pip --no-index, npm --offline, only install_find_links
+    install_github_url: str = "https://github.com"  # where github:owner/repo is cloned from
     notify_webhook_url: str | None = None
     notify_command: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -93,6 +103,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     outbox_max_attempts: int = Field(5, ge=1, le=100)
     reconcile_interval_seconds: float = Field(10.0, gt=0)
+    # How long a taken outbox job is protected: a worker killed mid-job has its job run again after this.
+    outbox_lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_interval_seconds: float = Field(5.0, gt=0)
+    # Longest sleep of an idle consumer thread between polls of the SQLite queue (Redis blocks instead).
+    worker_idle_poll_seconds: float = Field(0.1, gt=0, le=10)
     watch_debounce_seconds: float = Field(0.2, ge=0)
 
     # queue: ring the worker through Huey; inline: run jobs in the calling process (tests, one-shot use).
@@ -101,12 +116,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("agent_dirs", "mcp_config_files", "allowed_install_sources", "notify_command", mode="before")
+    @field_validator("agent_dirs", "mcp_config_files", "allowed_install_sources", "notify_command", "catalog_paths",
+                     "install_find_links", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("database_url", "queue_url", "notify_webhook_url", mode="before")
+    @field_validator("database_url", "queue_url", "notify_webhook_url", "install_index_url", "install_npm_registry",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

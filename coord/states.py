@@ -19,3 +19,4 @@ JOB_DISPATCH = "dispatch"
 JOB_PROPOSE = "propose"
 JOB_EXECUTE = "execute"
 JOB_NOTIFY_APPROVAL = "notify_approval"
+JOB_INSTALL = "install"  # runs an install plan; queued by `execute` (coord.installer.service)

@@ -12,21 +12,45 @@ from typing import Any
 from sqlalchemy import func, select
 
 from coord.clock import utcnow
-from coord.db.models import CapabilityGap, OutboxJob, SyncError, Task, WorkerHeartbeat
+from coord.db.models import CapabilityGap, Install, OutboxJob, PeriodicRun, SyncError, Task, WorkerHeartbeat
 from coord.errors import CoordError
 
 WORKER_STALE = timedelta(seconds=60)
 
 
-def _database(db: Any) -> dict[str, Any]:
+def _database(db: Any, settings: Any) -> dict[str, Any]:
+    """Which engine, reachable or not (and why), its schema, and the figures that matter when several
+    worker hosts share it (PostgreSQL: connections in use against the server's limit, this host's pool)."""
     from coord.db.migrate import current_revision, head_revision
 
     out: dict[str, Any] = {"engine": db.dialect, "url": db.safe_url}
     try:
         db.ping()
-        out.update(reachable=True, schema=current_revision(db), schema_head=head_revision())
+        with db.reader() as s:
+            server = db.backend.server_info(s)
+        out.update(reachable=True, schema=current_revision(db), schema_head=head_revision(), server=server)
     except CoordError as exc:
         out.update(reachable=False, error=exc.message)
+    if db.dialect != "sqlite":
+        out["pool"] = {"size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
+    return out
+
+
+def _queue_engine(settings: Any) -> dict[str, Any]:
+    """The Huey queue: SQLite file or Redis server, and whether the server answers (password hidden)."""
+    from coord.db.engine import hide_password
+
+    location = settings.queue_location
+    if not location.startswith(("redis://", "rediss://", "unix://")):
+        return {"engine": "sqlite", "url": location}
+    out: dict[str, Any] = {"engine": "redis", "url": hide_password(location)}
+    try:
+        import redis
+
+        redis.Redis.from_url(location, socket_connect_timeout=3, socket_timeout=3).ping()
+        out["reachable"] = True
+    except Exception as exc:  # redis errors, OSError, a malformed URL: all mean "not usable"
+        out.update(reachable=False, error=f"queue {out['url']} is not reachable: {' '.join(str(exc).split())}")
     return out
 
 
@@ -72,19 +96,72 @@ def _workers(s: Any, now: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _sandbox(settings: Any) -> str:
+    """Which sandbox installs run in, the setting that chose it and why (probed once per process)."""
+    from coord.installer.runner import probe_reason, probe_sandbox
+
+    found = probe_sandbox()
+    if settings.sandbox == "none":
+        in_force = "none"
+    elif settings.sandbox == "bwrap" and found != "bwrap":
+        in_force = "UNAVAILABLE (installs will fail)"
+    else:
+        in_force = found
+    return f"{in_force} (setting sandbox={settings.sandbox!r}; {probe_reason()})"
+
+
+def _agent_folders(s: Any, settings: Any) -> dict[str, Any]:
+    """Folder sync: how many agent files the registry mirrors, how many are bad, and the worst few."""
+    from coord.db.models import AgentFileState
+    from coord.sync import configured_folders
+
+    bad = s.execute(select(SyncError.path, SyncError.reason).order_by(SyncError.last_seen.desc()).limit(3)).all()
+    return {
+        "folders": configured_folders(settings),
+        "files": int(s.scalar(select(func.count()).select_from(AgentFileState)) or 0),
+        "last_sync": s.scalar(select(func.max(AgentFileState.synced_at))),
+        "bad_files": [f"{path} ({reason})" for path, reason in bad],  # all of them: `coord agents errors`
+    }
+
+
+def _periodic(s: Any, now: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "job": r.name,
+            "runs": r.runs,
+            "last_period": r.period_start.isoformat() if r.runs else None,
+            "finished_s_ago": round((now - r.finished_at).total_seconds(), 1) if r.finished_at else None,
+            "by": r.worker_id,
+            "result": r.result,
+            "last_error": r.last_error,
+        }
+        for r in s.scalars(select(PeriodicRun).order_by(PeriodicRun.name))
+    ]
+
+
 def collect(settings: Any, db: Any) -> dict[str, Any]:
     now = utcnow()
     report: dict[str, Any] = {
         "state_dir": str(settings.state_dir),
-        "database": _database(db),
-        "queue": {"url": settings.queue_location},
+        "database": _database(db, settings),
+        "queue": _queue_engine(settings),
+        "sandbox": _sandbox(settings),
     }
     if not report["database"]["reachable"]:
+        return report
+    if report["database"]["schema"] is None:  # a new, empty database (status does not create the schema)
+        report["database"]["note"] = "no coord schema yet: `coord init` or any coord process creates it"
+        report["queue"].update(pending_jobs=0, oldest_pending_age_s=None, failed_last_hour=0, last_errors=[])
+        report.update(tasks={}, workers=[], gaps=0, sync_errors=0)
         return report
     with db.reader() as s:
         report["tasks"] = {k: int(v) for k, v in s.execute(select(Task.status, func.count()).group_by(Task.status))}
         report["queue"].update(_queue(s, now))
         report["workers"] = _workers(s, now)
+        report["periodic"] = _periodic(s, now)
         report["gaps"] = int(s.scalar(select(func.count()).select_from(CapabilityGap)) or 0)
         report["sync_errors"] = int(s.scalar(select(func.count()).select_from(SyncError)) or 0)
+        report["agent_folders"] = _agent_folders(s, settings)
+        report["installs"] = {k: int(v) for k, v in s.execute(select(Install.status, func.count())
+                                                              .group_by(Install.status))}
     return report

@@ -1,15 +1,21 @@
 """The seed's usage examples, played against a fresh coord on the embedded SQLite default.
 
-Run through `scripts/demo`. Every step prints what happened; the state dir is removed at the end
+Run through `scripts/demo`. A real `coord worker` runs beside it on the same throw-away state dir (the
+default `dispatch = "queue"`: the client commits and rings, the worker notifies the target) and is
+stopped with SIGTERM at the end. Every step prints what happened; the state dir is removed at the end
 unless --keep is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -32,16 +38,68 @@ def main() -> int:
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="coord-demo-"))
     configure_logging("warning", "console")
-    settings = load_settings(overrides={"state_dir": str(state_dir), "dispatch": "inline"}, env={}).settings
+    settings = load_settings(overrides={"state_dir": str(state_dir), "dispatch": "queue"}, env={}).settings
+    worker = start_worker(state_dir)  # starts while this process opens the database: both take a while
     try:
         with Coordinator(settings) as coord:
+            wait_ready(coord, worker, state_dir)
             play(coord)
+            wait_idle(coord)
+        step("stop the worker (SIGTERM: running jobs finish, then it exits)")
+        worker.send_signal(signal.SIGTERM)
+        console.print(f"  worker exited with status {worker.wait(40)}")
     finally:
+        if worker.poll() is None:
+            worker.kill()
         if args.keep:
             console.print(f"\nstate kept in {state_dir}")
         else:
             shutil.rmtree(state_dir, ignore_errors=True)
     return 0
+
+
+def start_worker(state_dir: Path) -> subprocess.Popen:
+    """`coord worker` on the demo's state dir."""
+    step("start the worker daemon (`coord worker`)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COORD_")}
+    env.update(COORD_STATE_DIR=str(state_dir), COORD_LOG_LEVEL="warning", COORD_RECONCILE_INTERVAL_SECONDS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    with open(state_dir / "worker.log", "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "coord.cli", "worker"], env=env, stdout=log, stderr=log)
+
+
+def wait_ready(coord: Coordinator, proc: subprocess.Popen, state_dir: Path) -> None:
+    """Until the worker has written its first heartbeat."""
+    from coord.db.models import WorkerHeartbeat
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        with coord.db.reader() as s:
+            if s.query(WorkerHeartbeat).count():
+                console.print(f"  worker pid {proc.pid} running")
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"the worker did not start; see {state_dir / 'worker.log'}")
+
+
+def wait_inbox(coord: Coordinator, agent: str, timeout: float = 10.0) -> list:
+    """The worker fills the inbox a few milliseconds after the delegation commits."""
+    deadline = time.monotonic() + timeout
+    while not (items := coord.inbox(agent)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return items
+
+
+def wait_idle(coord: Coordinator, timeout: float = 10.0) -> None:
+    """Until the worker has run every outbox job (follow-ups included)."""
+    from coord.db.models import OutboxJob
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with coord.db.reader() as s:
+            if not s.query(OutboxJob).filter(OutboxJob.status == "pending").count():
+                return
+        time.sleep(0.05)
 
 
 def play(coord: Coordinator) -> None:
@@ -62,7 +120,10 @@ def play(coord: Coordinator) -> None:
         "priority": "high",
     })
     console.print(f"  {r.status}: task {r.coordination_id}")
-    for item in coord.inbox("frontend-expert"):
+    started = time.perf_counter()
+    items = wait_inbox(coord, "frontend-expert")
+    console.print(f"  the worker notified the target {1000 * (time.perf_counter() - started):.0f} ms later")
+    for item in items:
         console.print(f"  frontend-expert inbox: {item.kind} from {item.body.get('from_agent')}")
 
     step("frontend-expert claims the task under a lease, then completes it")
@@ -71,7 +132,7 @@ def play(coord: Coordinator) -> None:
     console.print(f"  claimed {claim.task_id} (token {claim.token}, lease until {claim.lease_expires_at:%H:%M:%S}Z)")
     coord.complete(claim.task_id, claim.token, {"components": ["EndpointList", "EndpointForm"]})
     console.print(f"  task is now {coord.get_task(claim.task_id).status}; "
-                  f"backend-expert inbox: {[i.kind for i in coord.inbox('backend-expert')]}")
+                  f"backend-expert inbox: {[i.kind for i in wait_inbox(coord, 'backend-expert')]}")
 
     step("mobile-expert asks for blockchain expertise (seed: requestCollaboration)")
     c = coord.request_collaboration("mobile-expert", "blockchain", {
@@ -96,6 +157,7 @@ def play(coord: Coordinator) -> None:
     alts = ", ".join(f"{a.agent_id} ({a.score:.2f})" for a in r.fallback) or "none"
     console.print(f"  {r.status}; gap {r.gap_id}; alternatives: {alts}")
 
+    wait_idle(coord)  # the worker's proposal jobs for the new gaps
     step("recorded capability gaps")
     for g in coord.gaps():
         console.print(f"  {g.capability_type:9} {g.name:20} frequency {g.frequency}  {g.status}")

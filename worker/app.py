@@ -1,4 +1,4 @@
-"""The Huey instance, built from settings: SqliteHuey on the state dir, RedisHuey for redis:// URLs.
+"""The Huey instance, built from settings: SqliteHuey on the state dir, a Redis one for redis:// URLs.
 
 Huey only rings the bell: a message carries an outbox id, the row in the coordination DB is the truth
 (invariant 1), so Huey's at-most-once delivery loses nothing that the reconciler does not find again.
@@ -10,22 +10,42 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from huey import RedisHuey, SqliteHuey
+from huey import PriorityRedisHuey, SqliteHuey
+from huey.storage import SqliteStorage
 
 QUEUE_NAME = "coord"
 
 
+class DoorbellSqliteStorage(SqliteStorage):
+    """SqliteStorage with `synchronous=NORMAL`: commits reach the OS (a killed process loses nothing)
+    but are not fsynced, so a power cut may drop the last bells. That is safe here and only here: the
+    outbox rows are the durable record and the reconciler re-rings whatever the queue forgot. It saves
+    two fsyncs per job (enqueue and dequeue)."""
+
+    def _create_connection(self):  # type: ignore[no-untyped-def]
+        conn = super()._create_connection()
+        conn.execute("pragma synchronous=NORMAL")
+        return conn
+
+
+def is_redis(location: str) -> bool:
+    return location.startswith(("redis://", "rediss://", "unix://"))
+
+
 def make_huey(settings: Any) -> Any:
     location = settings.queue_location
-    if location.startswith(("redis://", "rediss://", "unix://")):
+    # results=False: nothing reads task results; the coordination DB holds every outcome.
+    if is_redis(location):
         from redis import ConnectionPool
 
         pool = ConnectionPool.from_url(location)
-        return RedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
+        # The priority variant (a sorted set, Redis >= 5) so that periodic jobs overtake a backlog, as
+        # they do on SQLite; plain RedisHuey refuses priorities.
+        return PriorityRedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
     path = Path(location.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # results=False: nothing reads task results; the coordination DB holds every outcome.
-    return SqliteHuey(QUEUE_NAME, filename=str(path), results=False, utc=True, timeout=30)
+    return SqliteHuey(QUEUE_NAME, filename=str(path), results=False, utc=True, timeout=30,
+                      storage_class=DoorbellSqliteStorage)
 
 
 @lru_cache(maxsize=8)

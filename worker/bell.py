@@ -11,9 +11,18 @@ class QueueBell:
     def __init__(self, settings: Any) -> None:
         self.huey = huey_for(settings)
 
-    def ring(self, outbox_ids: list[str]) -> None:
+    def _task(self) -> Any:
         from worker.tasks import tasks_for
 
-        run_outbox = tasks_for(self.huey).run_outbox
+        return tasks_for(self.huey).run_outbox
+
+    def ring(self, outbox_ids: list[str]) -> None:
+        run_outbox = self._task()
         for outbox_id in outbox_ids:
             run_outbox(outbox_id)
+
+    def ring_later(self, outbox_ids: list[str], delay: float) -> None:
+        """Ring after `delay` seconds (huey's schedule; the consumer's scheduler enqueues it when due)."""
+        run_outbox = self._task()
+        for outbox_id in outbox_ids:
+            run_outbox.schedule(args=(outbox_id,), delay=delay)

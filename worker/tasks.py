@@ -1,4 +1,9 @@
-"""Thin Huey task wrappers around coord services: load ids, call a service, done."""
+"""Thin Huey task wrappers around coord services: load ids, call a service, done.
+
+Every job kind (dispatch a delegation, propose a resolution, execute an approved action, notify about an
+approval) is one outbox row, run by `run_outbox` through coord.jobs.HANDLERS: the Huey message carries
+only the row id. The periodic jobs are in worker/periodic.py.
+"""
 
 from __future__ import annotations
 

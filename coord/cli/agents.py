@@ -92,5 +92,58 @@ def agents_rm(ctx: click.Context, state: CliState, name: str) -> None:
     )
 
 
+@agents.command("sync")
+@click.option("--workers", type=click.IntRange(1, 64), help="Parser processes (default: CPUs, at most 4).")
+@pass_state
+@click.pass_context
+def agents_sync(ctx: click.Context, state: CliState, workers: int | None) -> None:
+    """Reconcile the agent folders with the registry now (the worker does this at start, then watches)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from coord import sync
+    from coord.cli.output import err_console
+    from coord.errors import SettingsError
+
+    settings = state.settings
+    folders = sync.configured_folders(settings)
+    if not folders:
+        raise SettingsError("no agent folders configured: set agent_dirs (COORD_AGENT_DIRS or the config file), "
+                            "e.g. .claude/agents and ~/.claude/agents")
+    db = state.coordinator.db
+    columns = (TextColumn("syncing agent files"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=state.as_json) as bar:
+        task = bar.add_task("sync", total=None)
+        report = sync.reconcile(settings, db, workers=workers,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+    def human() -> None:
+        events = ", ".join(f"{n} {e}" for e, n in sorted(report.events.items())) or "no changes"
+        console.print(f"{report.files} agent files in {len(folders)} folders: {events} "
+                      f"({report.read} read, {report.skipped} unchanged, {report.seconds:.2f} s)")
+        if report.errors:
+            console.print(f"[bold yellow]{report.errors} files have problems[/]: see `coord agents errors`")
+
+    show(ctx, report, human)
+
+
+@agents.command("errors")
+@pass_state
+@click.pass_context
+def agents_errors(ctx: click.Context, state: CliState) -> None:
+    """Agent files that could not be synced, and why (cleared when a file is fixed or removed)."""
+    from coord import sync
+
+    rows = sync.list_errors(state.coordinator.db)
+
+    def human() -> None:
+        if not rows:
+            console.print("no problems: every agent file is in sync")
+            return
+        table(f"{len(rows)} agent files with problems", ["file", "reason", "problem", "since"],
+              [(e.path, e.reason, e.message, e.first_seen) for e in rows])
+
+    show(ctx, rows, human)
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(agents)

@@ -80,9 +80,23 @@ def cli(ctx: click.Context, config: str | None, state_dir: str | None, as_json: 
 
 
 def _register() -> None:
-    from coord.cli import agents, config_cmd, core, gaps, status, tasks
+    from coord.cli import (
+        agents,
+        approvals,
+        config_cmd,
+        core,
+        gaps,
+        installs,
+        mcp_cmd,
+        migrate_cmd,
+        proposals,
+        status,
+        tasks,
+        worker_cmd,
+    )
 
-    for module in (config_cmd, agents, tasks, gaps, core, status):
+    for module in (config_cmd, agents, tasks, gaps, core, status, mcp_cmd, approvals, proposals, installs,
+                   worker_cmd, migrate_cmd):
         module.register(cli)
 
 

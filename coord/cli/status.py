@@ -35,14 +35,20 @@ def status(ctx: click.Context, state: CliState) -> None:
         console.print(f"[bold]tasks[/]     {fmt(report['tasks']) if report['tasks'] else 'none'}")
         console.print(f"[bold]gaps[/]      {report['gaps']}    [bold]sync errors[/] {report['sync_errors']}")
         for key in [k for k in report if k not in ("database", "queue", "tasks", "gaps", "sync_errors", "workers",
-                                                   "state_dir")]:
+                                                   "state_dir", "periodic")]:
             console.print(f"[bold]{key:9}[/] {fmt(report[key])}")
         workers = report["workers"]
         if workers:
-            table("workers", ["worker", "host", "pid", "alive", "seen s ago"],
-                  [(w["worker_id"], w["host"], w["pid"], w["alive"], w["seen_s_ago"]) for w in workers])
+            table("workers", ["worker", "alive", "seen s ago", "status", "jobs done / failed", "bells queued"],
+                  [(w["worker_id"], w["alive"], w["seen_s_ago"], w["status"],
+                    f"{w.get('jobs', {}).get('done', '-')} / {w.get('jobs', {}).get('failed', '-')}",
+                    w.get("queued_bells")) for w in workers])
         else:
             console.print("[bold]workers[/]   none has reported (is `coord worker` running?)")
+        if report.get("periodic"):
+            table("periodic jobs", ["job", "runs", "finished s ago", "result / error"],
+                  [(p["job"], p["runs"], p["finished_s_ago"], p["last_error"] or p["result"])
+                   for p in report["periodic"]])
         if q["last_errors"]:
             table("last job errors", ["job", "kind", "status", "attempts", "error"],
                   [(e["id"], e["job"], e["status"], e["attempts"], e["error"]) for e in q["last_errors"]])

@@ -4,24 +4,64 @@ SQLite: every write transaction takes the write lock up front (`BEGIN IMMEDIATE`
 `busy_timeout` does not cover a lock upgrade from a deferred BEGIN (a read that later writes), and
 that upgrade is exactly what a claim does. pysqlite's own BEGIN is turned off so ours is the only one.
 Reads use a second engine with a deferred BEGIN: WAL lets them run beside a writer.
+
+PostgreSQL: a daemon outlives server restarts and network cuts. Pooled connections are pre-pinged on
+checkout (a dead one is replaced, and the whole pool with it), TCP keepalives notice a vanished server,
+and a transaction is retried once, with a pause, when its connection cannot be had at the start: no
+statement has run, so retrying it cannot do anything twice. A connection lost *inside* a transaction is
+never retried here: the outcome is unknown when the loss hits COMMIT, and not every unit is idempotent
+(a second claim takes a second task; an install step would run twice). It raises `Unavailable` instead;
+calls that carry caller ids (invariant 3) are safe to replay, and the worker's outbox leases re-run
+jobs (invariant 1). docs/scale-out.md has the whole story.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coord.db.backend import Backend, backend_for
-from coord.errors import Unavailable
+from coord.errors import SettingsError, Unavailable
+from coord.logs import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# libpq defaults for a long-running daemon; a parameter in the URL's query string wins over these.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10,  # an unreachable host fails in seconds, not after the kernel's SYN retries
+    "application_name": "coord",  # who holds which connection, in pg_stat_activity
+    # A server that vanished (host down, network cut) is noticed in about a minute, not the kernel's 2 h.
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# One pause before the single retry of a transaction whose connection could not be had: a PostgreSQL
+# restart refuses connections for about a second.
+RECONNECT_PAUSE_S = 1.0
+
+
+def hide_password(url: str) -> str:
+    """`url` for messages and logs, password masked, even when SQLAlchemy cannot parse it."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
 def _sqlite_engine(url: str, synchronous: str, begin: str) -> Engine:
@@ -49,50 +89,120 @@ class Database:
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 5, max_overflow: int = 10):
         self.url = url
-        parsed = make_url(url)
-        self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN IMMEDIATE")
-            self.read_engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN")
-        else:
-            # pre_ping: a daemon outlives server restarts; a dead pooled connection is replaced, not used.
-            self.engine = create_engine(
-                url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
-            )
-            self.read_engine = self.engine
-        self.backend: Backend = backend_for(self.dialect)
+        self.pool_size, self.max_overflow = pool_size, max_overflow
+        try:
+            parsed = make_url(url)
+            self.dialect = parsed.get_backend_name()
+            self.backend: Backend = backend_for(self.dialect)
+            if self.dialect == "sqlite":
+                if parsed.database and parsed.database != ":memory:":
+                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self.engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN IMMEDIATE")
+                self.read_engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN")
+            else:
+                # pre_ping: a dead pooled connection (server restarted) is replaced, not handed out.
+                connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
+                self.engine = create_engine(
+                    url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800,
+                    connect_args=connect_args,
+                )
+                self.read_engine = self.engine
+                event.listen(self.engine, "handle_error", self._on_error)
+        except (ArgumentError, ValueError, ImportError) as exc:
+            raise SettingsError(f"database_url {hide_password(url)} cannot be used: {_one_line(exc)}") from None
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any error."""
-        with self._write.begin() as s:
+        with self._transaction(self._write) as s:
             yield s
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A write transaction on a bare Core connection: for hot paths that need no ORM (claims)."""
-        with self.engine.begin() as conn:
+        conn = self._started(self.engine.connect)
+        with self._connection_kept(), conn, conn.begin():
             yield conn
 
     @contextmanager
     def reader(self) -> Iterator[Session]:
-        with self._read.begin() as s:
+        with self._transaction(self._read) as s:
             yield s
+
+    @contextmanager
+    def _transaction(self, factory: sessionmaker[Session]) -> Iterator[Session]:
+        s = self._started(lambda: self._checked_out(factory()))
+        with self._connection_kept(), s:
+            try:
+                yield s
+            except BaseException:
+                s.rollback()
+                raise
+            s.commit()
+
+    def _checked_out(self, s: Session) -> Session:
+        """PostgreSQL: take the connection (pre-pinged) before the unit runs, so a failure to get one
+        happens while retrying is still safe. SQLite stays lazy: BEGIN IMMEDIATE would take the write lock
+        early, and a file has no server to lose."""
+        if self.dialect != "sqlite":
+            try:
+                s.connection()
+            except BaseException:
+                s.close()
+                raise
+        return s
+
+    def _on_error(self, ctx: Any) -> Unavailable | None:
+        """A connection that cannot be opened (server down or restarting, refused, unknown host, bad password)
+        becomes one typed error naming the URL, whichever code opened it: a migration at start, the worker,
+        `coord status`. A failed pre-ping stays with the pool, which replaces the dead connection; errors on
+        an open connection stay with the caller (`_connection_kept`)."""
+        if ctx.connection is None and not ctx.is_pre_ping and isinstance(ctx.sqlalchemy_exception, OperationalError):
+            return self.unreachable(ctx.original_exception)
+        return None
+
+    def _started(self, start: Callable[[], T]) -> T:
+        """`start()`, retried once after a pause when no connection could be had (nothing has run yet)."""
+        try:
+            return start()
+        except (OperationalError, Unavailable) as exc:
+            if self.dialect == "sqlite":
+                raise
+            log.warning("db.reconnecting", url=self.safe_url, error=_one_line(exc), pause_s=RECONNECT_PAUSE_S)
+        time.sleep(RECONNECT_PAUSE_S)
+        try:
+            return start()
+        except OperationalError as exc:
+            raise self.unreachable(exc) from exc
+
+    @contextmanager
+    def _connection_kept(self) -> Iterator[None]:
+        """A connection lost inside a transaction becomes `Unavailable`; the unit is not re-run (module doc)."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            raise Unavailable(
+                f"lost the connection to database {self.safe_url} in a transaction ({_one_line(exc)}); "
+                "it was rolled back unless the loss hit its commit: replaying a call with the same id is safe"
+            ) from exc
+
+    def unreachable(self, exc: BaseException) -> Unavailable:
+        return Unavailable(f"database {self.safe_url} is not reachable: {_one_line(exc)}")
 
     def ping(self) -> None:
         try:
             with self.read_engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except OperationalError as exc:
-            raise Unavailable(f"database {self.safe_url} is not reachable: {exc.orig}") from None
+            raise self.unreachable(exc) from None
 
     @property
     def safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return hide_password(self.url)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -111,5 +221,10 @@ def open_database(settings: Any, *, migrate: bool = True) -> Database:
     if migrate:
         from coord.db.migrate import upgrade
 
-        upgrade(db)
+        try:
+            db.ping()  # unreachable at start: one clear error naming the URL, not a driver traceback
+            upgrade(db)
+        except BaseException:
+            db.dispose()
+            raise
     return db

@@ -82,6 +82,30 @@ class AgentEmbedding(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AgentFileState(Base):
+    """What folder sync last saw of one agent file; the registry is the projection of these rows.
+
+    `name`, `content_hash` and `spec` describe the last *good* parse, kept while the file is broken so a
+    bad edit never erases the agent (invariant 8). `seen_hash` and the stat fields describe the bytes last
+    read: an unchanged stat means the file is skipped without reading it; `mtime_ns` is None when the read
+    was too close to the last write to trust the timestamp.
+    """
+
+    __tablename__ = "agent_files"
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(1024))
+    name: Mapped[str | None] = mapped_column(NAME)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    seen_hash: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    ctime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    inode: Mapped[int] = mapped_column(BigInteger, default=0)
+    synced_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index("ix_agent_files_name", "name"),)
+
+
 class SyncError(Base):
     """A bad agent file: recorded, shown, cleared when fixed; never erases a good registry row."""
 
@@ -243,6 +267,8 @@ class Install(Base):
     status: Mapped[str] = mapped_column(SHORT, default="pending")
     prefix: Mapped[str | None] = mapped_column(Text)
     changes: Mapped[list[Any]] = mapped_column(JSONType, default=list)  # config entries / links / files made
+    # What the install found out: the allowlist rule, bins, secrets the user must set (coord.installer.service).
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     approved_by: Mapped[str | None] = mapped_column(NAME)
     tools_hash: Mapped[str | None] = mapped_column(String(64))  # MCP tool pinning
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -266,6 +292,8 @@ class InstallAttempt(Base):
     output_tail: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(SHORT)  # running | ok | failed | timed_out | interrupted
     sandbox: Mapped[str] = mapped_column(SHORT, default="none")
+    # host:pid of the process that ran it: a `running` attempt whose process is gone was interrupted.
+    worker: Mapped[str | None] = mapped_column(NAME)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
@@ -320,3 +348,18 @@ class WorkerHeartbeat(Base):
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     status: Mapped[str] = mapped_column(SHORT, default="running")
     info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class PeriodicRun(Base):
+    """The last period each periodic job ran in: claiming a period is one conditional UPDATE, so with
+    several consumers on one queue each period runs once (whoever moves `period_start` first)."""
+
+    __tablename__ = "periodic_runs"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period_start: Mapped[datetime]
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(NAME)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,7 +1,9 @@
 """Sandboxed installs of tools and MCP servers, and the client-config writer.
 
-Pure of the database and the queue: the wiring turns an approved proposal into an InstallPlan, calls
-`install`, stores `InstallOutcome.to_dict()` as install history and retries when `retryable` says so.
+The modules imported here are pure of the database and the queue. The wiring lives beside them and is
+imported on its own: `service` turns an approved proposal into an InstallPlan, runs it as an outbox job
+(recording every step, retrying when `retryable` says so) and writes MCP client configs; `history`
+lists, shows and rolls back installs.
 """
 
 from coord.installer.install import InstallOutcome, install, rollback, uninstall

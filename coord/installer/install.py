@@ -27,7 +27,7 @@ from coord.errors import Conflict, InvalidInput
 from coord.fsutil import write_atomic
 from coord.installer import git, npm, pip
 from coord.installer.plan import InstallPlan, check_source, parse_plan
-from coord.installer.runner import RunResult, resolve_sandbox, run
+from coord.installer.runner import RunResult, resolve_sandbox, run, scrubbed_env
 from coord.installer.steps import InstallOptions, Layout, Step, StepError, Steps
 
 Runner = Callable[..., RunResult]
@@ -178,6 +178,7 @@ def install(
     resolve_sandbox(options.sandbox)
     tools_dir = Path(tools_dir).resolve()
     layout = Layout(tools_dir, plan)
+    scrubbed_env(layout.home, options.env_extra)  # a disallowed variable is refused before anything runs
     layout.prefix.parent.mkdir(parents=True, exist_ok=True)
     layout.bin_dir.mkdir(parents=True, exist_ok=True)
     out = InstallOutcome(status="failed", plan=plan, prefix=layout.prefix, rule=rule)
@@ -197,7 +198,11 @@ def install(
         else:
             shutil.rmtree(layout.prefix, ignore_errors=True)
             layout.prefix.mkdir(parents=True)
-            found = _drive(BUILDERS[plan.installer](plan, layout, options), layout, options, runner, out)
+            try:
+                found = _drive(BUILDERS[plan.installer](plan, layout, options), layout, options, runner, out)
+            except BaseException:
+                uninstall(layout.prefix, [])  # an unexpected error must not leave half a prefix either
+                raise
             if found is None:
                 uninstall(layout.prefix, [])
                 return out
@@ -205,6 +210,10 @@ def install(
             chosen = _choose_bins(plan, found)
             for name in chosen:
                 _check_link(layout.bin_dir / name, plan, tools_dir)
+            if plan.verify and plan.verify[0] not in chosen:
+                # Never fall back to whatever PATH offers: verify checks *this* install.
+                raise StepError(f"verify runs {plan.verify[0]!r}, which this install does not provide "
+                                f"(it provides {sorted(chosen) or 'no executables'})")
         except (StepError, Conflict) as exc:
             out.status, out.error = "failed", str(exc)
             uninstall(layout.prefix, [])
@@ -216,8 +225,9 @@ def install(
             if previous and previous != str(target):
                 out.replaced_links[link] = previous
         if plan.verify:
-            out.verify = runner([str(out.bins.get(plan.verify[0], plan.verify[0])), *plan.verify[1:]],
-                                cwd=layout.prefix, writable=[layout.prefix], timeout=options.verify_timeout,
+            out.verify = runner([str(out.bins[plan.verify[0]]), *plan.verify[1:]],
+                                cwd=layout.prefix, writable=[layout.prefix], readable=[layout.bin_dir],
+                                timeout=options.verify_timeout,
                                 network=False, sandbox=options.sandbox, env_extra=dict(options.env_extra),
                                 home=layout.home, limits=options.limits, label="verify")
             if not out.verify.ok:

@@ -49,6 +49,13 @@ class ConfigChange:
                 "backup": str(self.backup) if self.backup else None,
                 "written_sha256": self.written_sha256, "created": self.created}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConfigChange:
+        """The change `to_dict` recorded (install history), ready for `rollback`."""
+        return cls(Path(data["path"]), data["name"], data["action"], data.get("previous"),
+                   Path(data["backup"]) if data.get("backup") else None, data.get("written_sha256"),
+                   bool(data.get("created")))
+
 
 class _Changed(Exception):
     """The file is no longer the bytes we wrote: an exact restore would lose someone else's edit."""
@@ -154,9 +161,10 @@ def proposed_path(path: Path) -> Path:
 
 
 def add_server(path: Path, name: str, entry: dict[str, Any], *, secret_vars: Iterable[str] = (),
-               replace: bool = False) -> ConfigChange:
+               replace: bool = False, backup_dir: Path | None = None) -> ConfigChange:
     """Add `name` -> `entry` under mcpServers. The same entry again is a no-op ("unchanged"); a
-    different entry under that name is a Conflict unless replace=True (then `previous` keeps it)."""
+    different entry under that name is a Conflict unless replace=True (then `previous` keeps it).
+    backup_dir: where the backup of the previous file goes (default: beside it)."""
     path, name = Path(path), validate_name(name)
     entry = validate_entry(entry, secret_vars)
     seen: dict[str, Any] = {}
@@ -176,12 +184,9 @@ def add_server(path: Path, name: str, entry: dict[str, Any], *, secret_vars: Ite
         return seen["written"]
 
     try:
-        saved = update_file(path, transform)
+        saved = update_file(path, transform, backup_dir=backup_dir)
     except FileFormatError as exc:
-        proposed = proposed_path(path)
-        write_atomic(proposed, _dump({"mcpServers": {name: entry}}, None))
-        raise FileFormatError(f"{exc.message}; left it untouched and wrote the entry coord would add to "
-                              f"{proposed}", path=str(path), proposed=str(proposed)) from None
+        raise _proposed_instead(path, name, entry, exc) from None
     written = seen.get("written")
     if written is None:
         return ConfigChange(path, name, "unchanged", seen.get("previous"), None)
@@ -189,7 +194,36 @@ def add_server(path: Path, name: str, entry: dict[str, Any], *, secret_vars: Ite
     return ConfigChange(path, name, action, seen["previous"], saved, sha256_bytes(written), seen["created"])
 
 
-def remove_server(path: Path, name: str, previous: dict[str, Any] | None = None) -> ConfigChange:
+def _proposed_instead(path: Path, name: str, entry: dict[str, Any], exc: FileFormatError) -> FileFormatError:
+    """Write the entry we would have added beside the unparsable file; the error to raise says where."""
+    proposed = proposed_path(path)
+    write_atomic(proposed, _dump({"mcpServers": {name: entry}}, None))
+    return FileFormatError(f"{exc.message}; left it untouched and wrote the entry coord would add to {proposed}",
+                           path=str(path), proposed=str(proposed))
+
+
+def check_file(path: Path, name: str, entry: dict[str, Any], *, secret_vars: Iterable[str] = ()) -> None:
+    """Refuse now what add_server would refuse later, without writing the target: a file that does not
+    parse (FileFormatError, with `<file>.proposed` written as add_server does) or a different entry
+    already under `name` (Conflict). An install checks this before it runs anything."""
+    path, name = Path(path), validate_name(name)
+    entry = validate_entry(entry, secret_vars)
+    try:
+        data = path.read_bytes() if path.exists() else None
+    except OSError as exc:
+        raise InvalidInput(f"{path} cannot be read: {exc.strerror}", path=str(path)) from None
+    try:
+        doc = _load(path, data)
+    except FileFormatError as exc:
+        raise _proposed_instead(path, name, entry, exc) from None
+    old = doc.get("mcpServers", {}).get(name)
+    if old is not None and old != entry:
+        raise Conflict(f"{path} already has an MCP server {name!r} with a different entry; "
+                       "remove it first or replace it explicitly", path=str(path), name=name)
+
+
+def remove_server(path: Path, name: str, previous: dict[str, Any] | None = None, *,
+                  backup_dir: Path | None = None) -> ConfigChange:
     """Remove `name` from mcpServers, or put `previous` back under it when given (undoing a replace)."""
     path, name = Path(path), validate_name(name)
     seen: dict[str, Any] = {}
@@ -209,14 +243,14 @@ def remove_server(path: Path, name: str, previous: dict[str, Any] | None = None)
 
     if not path.exists():
         return ConfigChange(path, name, "unchanged", None, None)
-    saved = update_file(path, transform)
+    saved = update_file(path, transform, backup_dir=backup_dir)
     if seen.get("written") is None:
         return ConfigChange(path, name, "unchanged", seen.get("previous"), None)
     action = "restored" if previous is not None else "removed"
     return ConfigChange(path, name, action, seen["previous"], saved, sha256_bytes(seen["written"]))
 
 
-def rollback(change: ConfigChange) -> ConfigChange | None:
+def rollback(change: ConfigChange, *, backup_dir: Path | None = None) -> ConfigChange | None:
     """Undo `change`. While the file still holds exactly what we wrote, put back the exact bytes from
     before (or delete the file we created); if someone edited it since, undo only our entry."""
     if change.action == "unchanged" or change.written_sha256 is None:
@@ -236,9 +270,9 @@ def rollback(change: ConfigChange) -> ConfigChange | None:
             return original
 
         try:
-            update_file(path, transform)
+            update_file(path, transform, backup_dir=backup_dir)
             return None
         except _Changed:
             pass
     # previous is what stood under the name before `change`: None means "absent", so this removes.
-    return remove_server(path, change.name, change.previous)
+    return remove_server(path, change.name, change.previous, backup_dir=backup_dir)

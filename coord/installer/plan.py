@@ -182,8 +182,8 @@ class InstallPlan(BaseModel):
         if self.source and canonical_source(self.source) != expected:
             raise InvalidInput(f"source {self.source!r} does not match {self.installer} package {pkg!r} "
                                f"(expected {expected!r})")
-        if not self.source:
-            object.__setattr__(self, "source", expected)
+        # Stored canonical, so history rows and the allowlist see one spelling of each source.
+        object.__setattr__(self, "source", expected)
         return self
 
     @property

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_environment_is_an_allowlist(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert env["PIP_NO_INDEX"] == "1"
     assert env["https_proxy"] == "http://proxy.local:3128"
     assert env["HOME"] == str((tmp_path / "home").resolve())
-    assert set(env) <= {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "https_proxy", "PIP_NO_INDEX", "PWD", "LC_CTYPE"}
+    assert set(env) <= {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "https_proxy", "PIP_NO_INDEX", "LC_CTYPE"}
 
 
 def test_env_extra_outside_the_allowlist_is_refused(tmp_path: Path) -> None:
@@ -132,13 +133,15 @@ def test_no_shell_and_missing_program(tmp_path: Path) -> None:
 def test_resource_limits_apply(tmp_path: Path) -> None:
     limits = runner.Limits(cpu_seconds=5, file_size_bytes=1024, open_files=64)
     code = ("import resource as r; print(r.getrlimit(r.RLIMIT_CPU)[0], r.getrlimit(r.RLIMIT_FSIZE)[0], "
-            "r.getrlimit(r.RLIMIT_NOFILE)[0])\nwith open('big', 'wb') as f: f.write(b'x' * 4096)")
+            "r.getrlimit(r.RLIMIT_NOFILE)[0], flush=True)\nwith open('big', 'wb') as f: f.write(b'x' * 4096)")
     result = _py(code, tmp_path, limits=limits)
     assert result.output_tail.split()[:3] == ["5", "1024", "64"]
     assert result.exit_code != 0  # writing past RLIMIT_FSIZE fails (SIGXFSZ / EFBIG)
 
 
-def test_bwrap_requested_but_unavailable_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bwrap_requested_but_unavailable_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(runner, "_probe", lambda: ("none", "bwrap is not installed"))
     with pytest.raises(Unavailable, match="bwrap is not installed"):
         _py("pass", tmp_path, sandbox="bwrap")
@@ -166,7 +169,8 @@ class _Listener:
             conn.close()
 
 
-CONNECT = ("import socket,sys\ntry:\n    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3)\n"
+CONNECT = ("import socket,sys\ntry:\n"
+           "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3)\n"
            "    print('connected')\nexcept OSError as e:\n    print('refused', e)\n")
 
 
@@ -176,7 +180,8 @@ def test_bwrap_confines_writes_and_network(tmp_path: Path) -> None:
     inside.mkdir()
     outside.mkdir()
     (outside / "readme").write_text("visible")
-    code = ("import sys\nopen(sys.argv[1] + '/made', 'w').write('ok')\nprint(open(sys.argv[2] + '/readme').read())\n"
+    code = ("import sys\nopen(sys.argv[1] + '/made', 'w').write('ok')\n"
+            "print(open(sys.argv[2] + '/readme').read())\n"
             "try:\n    open(sys.argv[2] + '/escape', 'w').write('x')\n    print('WROTE-OUTSIDE')\n"
             "except OSError as e:\n    print('blocked', e.errno)\n")
     result = run([PY, "-c", code, str(inside), str(outside)], cwd=inside, writable=[inside],
@@ -203,13 +208,15 @@ def test_bwrap_confines_writes_and_network(tmp_path: Path) -> None:
 
 @needs_bwrap
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
-def test_bwrap_confines_an_unprivileged_user(tmp_path: Path) -> None:
+def test_bwrap_confines_an_unprivileged_user(request: pytest.FixtureRequest) -> None:
     # The same bwrap command line coord uses, run as `nobody`: user namespaces must work for them too.
-    base = Path(tmp_path / "shared")
+    # pytest's tmp_path sits under a root-only folder, so this test makes its own world-readable one.
+    base = Path(tempfile.mkdtemp(prefix="coord-bwrap-nobody-"))
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
     inside, outside = base / "prefix", base / "outside"
-    inside.mkdir(parents=True)
+    inside.mkdir()
     outside.mkdir()
-    for p in (tmp_path, base, inside, outside):
+    for p in (base, inside, outside):
         p.chmod(0o777)
     touch = shutil.which("touch") or "/usr/bin/touch"
     env = runner.scrubbed_env(inside)

@@ -129,6 +129,23 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
 
+    op.create_table('agent_files',
+    sa.Column('path', sa.String(length=1024), nullable=False),
+    sa.Column('folder', sa.String(length=1024), nullable=False),
+    sa.Column('name', sa.String(length=128), nullable=True),
+    sa.Column('content_hash', sa.String(length=64), nullable=True),
+    sa.Column('spec', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
+    sa.Column('seen_hash', sa.String(length=64), nullable=True),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('mtime_ns', sa.BigInteger(), nullable=True),
+    sa.Column('ctime_ns', sa.BigInteger(), nullable=False),
+    sa.Column('inode', sa.BigInteger(), nullable=False),
+    sa.Column('synced_at', coord.db.types.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('path')
+    )
+    with op.batch_alter_table('agent_files', schema=None) as batch_op:
+        batch_op.create_index('ix_agent_files_name', ['name'], unique=False)
+
     op.create_table('sync_errors',
     sa.Column('path', sa.String(length=1024), nullable=False),
     sa.Column('folder', sa.String(length=1024), nullable=False),
@@ -173,6 +190,17 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('info', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.PrimaryKeyConstraint('worker_id')
+    )
+    op.create_table('periodic_runs',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('period_start', coord.db.types.UTCDateTime(), nullable=False),
+    sa.Column('runs', sa.Integer(), nullable=False),
+    sa.Column('worker_id', sa.String(length=128), nullable=True),
+    sa.Column('started_at', coord.db.types.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', coord.db.types.UTCDateTime(), nullable=True),
+    sa.Column('result', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('name')
     )
     op.create_table('agent_embeddings',
     sa.Column('agent_id', sa.String(length=128), nullable=False),
@@ -265,6 +293,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('prefix', sa.Text(), nullable=True),
     sa.Column('changes', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
+    sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.Column('approved_by', sa.String(length=128), nullable=True),
     sa.Column('tools_hash', sa.String(length=64), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
@@ -289,6 +318,7 @@ def upgrade() -> None:
     sa.Column('output_tail', sa.Text(), nullable=True),
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('sandbox', sa.String(length=32), nullable=False),
+    sa.Column('worker', sa.String(length=128), nullable=True),
     sa.Column('started_at', coord.db.types.UTCDateTime(), nullable=False),
     sa.Column('finished_at', coord.db.types.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['install_id'], ['installs.id'], ),
@@ -331,6 +361,7 @@ def downgrade() -> None:
 
     op.drop_table('agent_expertise')
     op.drop_table('agent_embeddings')
+    op.drop_table('periodic_runs')
     op.drop_table('worker_heartbeats')
     with op.batch_alter_table('tasks', schema=None) as batch_op:
         batch_op.drop_index('ix_tasks_lease')
@@ -338,6 +369,10 @@ def downgrade() -> None:
 
     op.drop_table('tasks')
     op.drop_table('sync_errors')
+    with op.batch_alter_table('agent_files', schema=None) as batch_op:
+        batch_op.drop_index('ix_agent_files_name')
+
+    op.drop_table('agent_files')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_due')
 

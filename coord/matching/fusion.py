@@ -1,0 +1,125 @@
+"""Hybrid ranking: the one place where lexical and semantic scores are combined.
+
+Inputs are two candidate lists of `(agent_id, score)`, higher is better, in any order:
+- lexical: any non-negative relevance (BM25 negated, ts_rank, tag bonuses...). Its scale depends on
+  the engine, the collection and the query length, so it is divided by the list's best score: the
+  best lexical match gets 1.0, the others their fraction of it, a non-positive score 0.
+- semantic: cosine similarity of the need's vector with the agent's vector, used as is (clipped to
+  [0, 1]). A cosine is already on a fixed scale; stretching it (min-max over the list) would turn a
+  list of uniformly poor matches into a confident-looking one, and would depend on the list length.
+
+`method="weighted"` (default): score = w_lexical * lexical_norm + w_semantic * cosine. An agent missing
+from a list gets 0 from it; pass the cosine of every lexical candidate too when you can (it is one
+row of the matrix product you already computed).
+
+Weights (`weights_for_query`), measured with scripts/eval_matching_proto.py on scripts/eval-queries.tsv
+(93 paraphrased + 50 keyword needs over 202 agents):
+- natural-language needs (more than 3 content words): lexical 0.1, semantic 0.9. Incidental words
+  of a sentence ("site", "team", "people") hit many descriptions, so words only break near-ties.
+- keyword needs (1-3 content words: "Terraform modules", "Ghidra"): lexical 0.5, semantic 0.5. An
+  exact term is the strongest evidence there is, and a lone rare word embeds poorly.
+Result: paraphrased top-1 66 % / top-3 78 %, keyword top-1 98 % (semantic alone: 61 / 74 / 66;
+lexical alone: 32 / 52 / 98). One pair for every need is worse: (0.1, 0.9) drops keyword top-1 to
+90 %, (0.2, 0.8) drops paraphrased top-1 to 59 %. The choice sits on a plateau (semantic 0.9-0.95 for
+sentences, 0.3-0.7 for keywords give the same figures) and 5-fold cross-validation over the grid gives
+64 % / 76 % / 98 %, so it is not fitted to single needs.
+`method="rrf"` (reciprocal rank fusion, k=60) is kept for comparison: it discards score magnitudes and
+measured worse (paraphrased 62 % / 74 %, keyword top-1 96 %).
+
+Ties are broken by agent id, so the order is deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Literal, NamedTuple
+
+Method = Literal["weighted", "rrf"]
+
+
+class Weights(NamedTuple):
+    lexical: float
+    semantic: float
+
+
+SENTENCE_WEIGHTS = Weights(lexical=0.1, semantic=0.9)
+KEYWORD_WEIGHTS = Weights(lexical=0.5, semantic=0.5)
+DEFAULT_WEIGHTS = SENTENCE_WEIGHTS
+KEYWORD_MAX_TERMS = 3
+RRF_K = 60
+
+# Words that carry no expertise; only used to count a need's content words.
+_STOPWORD_TEXT = """
+a an the and or of to for in on at by with from as is are be been being it its this that these those
+our we us you your i me my they them their he she his her do does did have has had not no can could
+should would will shall may might must just so than then too very also into out over under again more
+most some such only own same about up down off once here there when where why how all any both each
+few other nor what which who whom whose get got make need needs want wants someone anyone somebody
+nobody please keep keeps help
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WORD = re.compile(r"\w[\w+#.]*", re.UNICODE)
+
+
+def content_terms(query: str) -> list[str]:
+    """The query's words that can carry expertise (lowercased, stopwords removed)."""
+    words = (w.lower().strip("_").rstrip(".") for w in _WORD.findall(query or ""))
+    return [w for w in words if w and w not in _STOPWORDS]
+
+
+def weights_for_query(query: str) -> Weights:
+    """KEYWORD_WEIGHTS for a short keyword need, SENTENCE_WEIGHTS for a sentence (see module doc)."""
+    n = len(content_terms(query))
+    return KEYWORD_WEIGHTS if 0 < n <= KEYWORD_MAX_TERMS else SENTENCE_WEIGHTS
+
+
+def _best_per_id(items: Iterable[tuple[str, float]]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for agent_id, score in items:
+        s = float(score)
+        if s != s:  # NaN
+            continue
+        if agent_id not in best or s > best[agent_id]:
+            best[agent_id] = s
+    return best
+
+
+def _check_weights(weights: Weights | tuple[float, float]) -> Weights:
+    w = Weights(*(float(x) for x in weights))
+    if w.lexical < 0 or w.semantic < 0 or (w.lexical + w.semantic) <= 0:
+        raise ValueError(f"weights must be non-negative and not both zero: {weights!r}")
+    return w
+
+
+def fuse(
+    lexical: list[tuple[str, float]],
+    semantic: list[tuple[str, float]],
+    *,
+    method: Method = "weighted",
+    weights: Weights | tuple[float, float] = DEFAULT_WEIGHTS,
+) -> list[tuple[str, float]]:
+    """One ranked list `(agent_id, fused score)` from a lexical and a semantic candidate list.
+
+    Either list may be empty (no embedder, or no word matched): the other one's order is returned.
+    An id repeated inside one list counts once, with its best score. `weights` is
+    `(lexical, semantic)`; use `weights_for_query(need)` for the measured defaults.
+    """
+    w = _check_weights(weights)
+    lex = _best_per_id(lexical)
+    sem = _best_per_id(semantic)
+    fused: dict[str, float] = {}
+    if method == "weighted":
+        top = max(lex.values(), default=0.0)
+        for agent_id, s in lex.items():
+            fused[agent_id] = w.lexical * (max(s, 0.0) / top if top > 0 else 0.0)
+        for agent_id, s in sem.items():
+            fused[agent_id] = fused.get(agent_id, 0.0) + w.semantic * min(max(s, 0.0), 1.0)
+    elif method == "rrf":
+        for weight, scores in ((w.lexical, lex), (w.semantic, sem)):
+            ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (agent_id, _) in enumerate(ranked, start=1):
+                fused[agent_id] = fused.get(agent_id, 0.0) + weight / (RRF_K + rank)
+    else:
+        raise ValueError(f"unknown fusion method {method!r}; use 'weighted' or 'rrf'")
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -1,0 +1,312 @@
+"""Delegations/s and claims/s with 1, 2 and 4 worker processes, on SQLite and on PostgreSQL + Redis.
+
+One run measures both configurations (same code, invariant 9) and prints one table. For each engine and
+N in (1, 2, 4), on a fresh database and queue:
+- delegations: N `coord worker` daemons (1 consumer thread each) run while N agent processes call
+  `Coordinator.delegate()` (dispatch = queue) for --delegations tasks in total. Reported: delegate() calls
+  per second (the agents' side) and delegations dispatched per second end to end (first delegate() until
+  the last target notification is committed by a worker).
+- claims: the daemons stopped, N agent processes claim + complete all the tasks (claims/s).
+Contention: errors seen by the agents, outbox jobs that hit an error (lock timeouts, serialization
+failures: any), outbox jobs run more than once, and on PostgreSQL the server's deadlock counter.
+Cost per worker: CPU time and peak RSS of each daemon (from wait4), CPU per delegation dispatched.
+
+Usage: scripts/bench scale [--delegations 2000] [--workers 1,2,4] [--engines sqlite,postgres]
+       [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--redis-url redis://127.0.0.1:6379/12]
+The PostgreSQL URL names a server database used only to create and drop a scratch database per run;
+the Redis database number is flushed before and after each run (use one nobody else uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BOSS, TARGET = "boss-agent", "worker-agent"
+WORKER_ENV = {
+    "COORD_WORKER_CONCURRENCY": "1",
+    "COORD_WORKER_TYPE": "thread",
+    "COORD_RECONCILE_INTERVAL_SECONDS": "5",
+    "COORD_LOG_LEVEL": "warning",
+    "COORD_LOG_FORMAT": "json",
+}
+
+
+@dataclass
+class Run:
+    engine: str
+    workers: int
+    delegations: int
+    delegate_per_s: float = 0.0
+    dispatched_per_s: float = 0.0
+    claims_per_s: float = 0.0
+    errors: int = 0
+    job_reruns: int = 0
+    jobs_failed: int = 0
+    job_errors: int = 0
+    deadlocks: int | None = None
+    cpu_s: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_ms_per_delegation(self) -> float:
+        return 1000 * sum(self.cpu_s) / max(self.delegations, 1)
+
+
+# --- child processes ------------------------------------------------------------------------------------
+def _values(env: dict[str, str]) -> dict[str, Any]:
+    return {"state_dir": env["COORD_STATE_DIR"], "database_url": env.get("COORD_DATABASE_URL"),
+            "queue_url": env.get("COORD_QUEUE_URL"), "dispatch": "queue", "log_level": "warning"}
+
+
+def _delegator(env: dict[str, str], name: str, n: int, go: Any, out: Any) -> None:
+    from coord.client import Coordinator
+    from coord.logs import configure_logging
+    from coord.settings import load_settings
+
+    configure_logging("warning", "json")
+    coord = Coordinator(load_settings(overrides=_values(env), env={}).settings)
+    errors = 0
+    go.wait()
+    start = time.perf_counter()
+    for i in range(n):
+        try:
+            coord.delegate(BOSS, TARGET, {"title": f"{name} {i}"}, id=f"{name}-{i:06d}")
+        except Exception:
+            errors += 1
+    out.put((time.perf_counter() - start, errors))
+    coord.close()
+
+
+def _claimer(env: dict[str, str], go: Any, out: Any) -> None:
+    from coord.client import Coordinator
+    from coord.logs import configure_logging
+    from coord.settings import load_settings
+
+    configure_logging("warning", "json")
+    coord = Coordinator(load_settings(overrides=_values(env), env={}).settings)
+    done = errors = 0
+    go.wait()
+    while True:
+        try:
+            claim = coord.claim_next(TARGET, lease_seconds=600)
+            if claim is None:
+                break
+            coord.complete(claim.task_id, claim.token, {"ok": True})
+            done += 1
+        except Exception:
+            errors += 1
+            if errors > 100:
+                break
+    out.put((done, errors))
+    coord.close()
+
+
+def _processes(target: Any, args_for: list[tuple]) -> tuple[float, list[Any]]:
+    """Start one process per args tuple, release them together; the wall time until all reported, and
+    what each reported."""
+    ctx = mp.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, go, out)) for args in args_for]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    go.set()
+    start = time.perf_counter()
+    results = [out.get(timeout=900) for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    return elapsed, results
+
+
+# --- one configuration ------------------------------------------------------------------------------------
+def _counts(db: Any) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from coord.db.models import InboxMessage, OutboxJob
+
+    with db.reader() as s:
+        outbox = dict(s.execute(select(OutboxJob.status, func.count()).group_by(OutboxJob.status)).all())
+        reruns = s.scalar(select(func.count()).select_from(OutboxJob).where(OutboxJob.attempts > 1)) or 0
+        errors = s.scalar(select(func.count()).select_from(OutboxJob).where(OutboxJob.last_error.is_not(None))) or 0
+        notified = s.scalar(select(func.count()).select_from(InboxMessage)) or 0
+    return {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0), "reruns": int(reruns),
+            "errors": int(errors), "notified": int(notified)}
+
+
+def _deadlocks(db: Any) -> int | None:
+    if db.dialect != "postgresql":
+        return None
+    from sqlalchemy import text
+
+    with db.reader() as s:
+        return int(s.scalar(text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")) or 0)
+
+
+def _start_workers(env: dict[str, str], n: int, logs: Path) -> list[subprocess.Popen]:
+    child = {k: v for k, v in os.environ.items() if not k.startswith("COORD_")}
+    child.update(env, **WORKER_ENV, PYTHONPATH=str(ROOT))
+    procs = []
+    for i in range(n):
+        log = open(logs / f"worker{i}.log", "ab")  # noqa: SIM115 -- the child writes it
+        procs.append(subprocess.Popen([sys.executable, "-m", "coord.cli", "worker"], env=child, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def _stop_workers(procs: list[subprocess.Popen]) -> list[tuple[float, float]]:
+    """SIGTERM, then (cpu seconds, peak RSS MB) of each from wait4."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    usage = []
+    for p in procs:
+        _pid, _status, ru = os.wait4(p.pid, 0)
+        p.returncode = 0
+        usage.append((ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024))
+    return usage
+
+
+def _wait_ready(db: Any, procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    from sqlalchemy import select
+
+    from coord.db.models import WorkerHeartbeat
+
+    pids = {p.pid for p in procs}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.reader() as s:
+            if pids <= set(s.scalars(select(WorkerHeartbeat.pid))):
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"workers did not start within {timeout}s")
+
+
+def run_one(engine: str, n_workers: int, n_delegations: int, env: dict[str, str], logs: Path) -> Run:
+    from coord.client import Coordinator
+    from coord.settings import load_settings
+
+    run = Run(engine, n_workers, n_delegations)
+    coord = Coordinator(load_settings(overrides=_values(env), env={}).settings)
+    coord.register_agent(BOSS, "Plans the work and hands it out", expertise=["planning"])
+    coord.register_agent(TARGET, "Does the work it is given", expertise=["work"])
+    db = coord.db
+    before = _deadlocks(db)
+    workers = _start_workers(env, n_workers, logs)
+    try:
+        _wait_ready(db, workers)
+        per = n_delegations // n_workers
+        run.delegations = per * n_workers
+        start = time.perf_counter()
+        _elapsed, results = _processes(_delegator, [(env, f"a{i}", per) for i in range(n_workers)])
+        run.errors += sum(e for _t, e in results)
+        run.delegate_per_s = run.delegations / max(t for t, _e in results)
+        while (c := _counts(db))["pending"] > 0:  # every row is written once the delegators are done
+            time.sleep(0.02)
+        run.dispatched_per_s = c["notified"] / (time.perf_counter() - start)
+    finally:
+        usage = _stop_workers(workers)
+    run.cpu_s = [u[0] for u in usage]
+    run.rss_mb = [u[1] for u in usage]
+    elapsed, results = _processes(_claimer, [(env,) for _ in range(n_workers)])
+    claimed = sum(d for d, _e in results)
+    run.errors += sum(e for _d, e in results)
+    run.claims_per_s = claimed / elapsed
+    final = _counts(db)
+    run.job_reruns, run.jobs_failed, run.job_errors = final["reruns"], final["failed"], final["errors"]
+    after = _deadlocks(db)
+    if before is not None and after is not None:
+        run.deadlocks = after - before
+    if claimed != run.delegations:
+        print(f"  warning: claimed {claimed} of {run.delegations}", file=sys.stderr)
+    coord.close()
+    return run
+
+
+def _pg_scratch(admin_url: str) -> tuple[str, Any]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"coord_bench_{os.getpid()}_{os.urandom(3).hex()}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), drop
+
+
+def _flush(redis_url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--delegations", type=int, default=2000)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--engines", default="sqlite,postgres")
+    parser.add_argument("--pg-url", default=os.environ.get("COORD_TEST_DATABASE_URL")
+                        or "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    args = parser.parse_args()
+    counts = [int(x) for x in args.workers.split(",")]
+    engines = args.engines.split(",")
+    print(f"{args.delegations} delegations per run; workers {counts}; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in engines:
+            for n in counts:
+                state = Path(tmp) / f"{engine}-{n}"
+                state.mkdir()
+                env = {"COORD_STATE_DIR": str(state)}
+                drop = None
+                if engine == "postgres":
+                    url, drop = _pg_scratch(args.pg_url)
+                    env.update(COORD_DATABASE_URL=url, COORD_QUEUE_URL=args.redis_url)
+                    _flush(args.redis_url)
+                try:
+                    run = run_one("PostgreSQL+Redis" if engine == "postgres" else "SQLite+SqliteHuey", n,
+                                  args.delegations, env, state)
+                finally:
+                    if drop:
+                        _flush(args.redis_url)
+                        drop()
+                runs.append(run)
+                print(f"  {run.engine} x{n}: delegate {run.delegate_per_s:.0f}/s, dispatched "
+                      f"{run.dispatched_per_s:.0f}/s, claims {run.claims_per_s:.0f}/s", flush=True)
+    print()
+    head = (f"{'engine':<18} {'workers':>7} {'delegate()/s':>12} {'dispatched/s':>12} {'claims/s':>9} "
+            f"{'errors':>6} {'job errors':>10} {'reruns':>6} {'failed':>6} {'deadlocks':>9} "
+            f"{'CPU ms/deleg':>12} {'RSS MB/worker':>13}")
+    print(head)
+    print("-" * len(head))
+    for r in runs:
+        print(f"{r.engine:<18} {r.workers:>7} {r.delegate_per_s:>12.0f} {r.dispatched_per_s:>12.0f} "
+              f"{r.claims_per_s:>9.0f} {r.errors:>6} {r.job_errors:>10} {r.job_reruns:>6} {r.jobs_failed:>6} "
+              f"{'-' if r.deadlocks is None else r.deadlocks:>9} "
+              f"{r.cpu_ms_per_delegation:>12.2f} {max(r.rss_mb):>13.0f}")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at end. CPU ms/deleg: worker daemons' CPU (all of them) per "
+          "delegation dispatched, start-up included.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Approve and expire racing on the same requests from two processes (invariant 6 under concurrency).
+
+One process approves every request, oldest first, at a time inside the TTL; the other runs the periodic
+expiry, one request per transaction, at a time past the TTL, so both are entitled to every request and
+meet at the head of the queue. Afterwards every request is in exactly one final state, the proposal
+agrees with it, and an `execute` job exists for exactly the approved ones.
+
+Iterations: 1,000 requests on SQLite, 300 on PostgreSQL (each PostgreSQL approval is a handful of round
+trips; 1,000 there adds ~20 s on a 2-core machine). COORD_TEST_RACE_N overrides both.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+from sqlalchemy import insert, select
+
+from coord.db import open_database
+from coord.db.models import Approval, AuditEvent, OutboxJob, Proposal
+
+N = {"sqlite": 1_000, "postgres": 300}
+N_OVERRIDE = int(os.environ.get("COORD_TEST_RACE_N", "0"))
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+TTL = timedelta(hours=24)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_database")
+    return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
+
+
+def _approver(url: str, ids: list[str], ready: object, go: object) -> None:
+    from coord.approvals import approve
+    from coord.db.engine import Database
+    from coord.errors import Conflict
+    from coord.logs import configure_logging
+
+    configure_logging("error")
+    db = Database(url, sqlite_synchronous="NORMAL")
+    db.ping()  # imports done and a connection open before the start line
+    ready.put(1)  # type: ignore[attr-defined]
+    go.wait()  # type: ignore[attr-defined]
+    for approval_id in ids:
+        try:
+            with db.session() as s:
+                approve(s, db.backend, approval_id, by="alice", now=T0 + timedelta(hours=1))
+        except Conflict:
+            pass  # expiry won this one: the refusal is the expected answer
+    db.dispose()
+
+
+def _expirer(url: str, ready: object, go: object) -> None:
+    from coord.approvals import expire_due
+    from coord.db.engine import Database
+    from coord.logs import configure_logging
+
+    configure_logging("error")
+    db = Database(url, sqlite_synchronous="NORMAL")
+    db.ping()  # imports done and a connection open before the start line
+    ready.put(1)  # type: ignore[attr-defined]
+    go.wait()  # type: ignore[attr-defined]
+    while True:
+        with db.session() as s:
+            if expire_due(s, T0 + TTL + timedelta(hours=1), limit=1) == 0:
+                break
+    db.dispose()
+
+
+def _seed(db: object, n: int) -> list[str]:
+    proposals, approvals = [], []
+    for i in range(n):
+        pid, aid = f"p{i:05d}", f"a{i:05d}"
+        proposals.append(dict(id=pid, kind="create_agent", details={}, proposed_by="coordination-system",
+                              confidence=0.8, confidence_basis={}, status="pending_approval",
+                              dedupe_key=f"race:{i}", created_at=T0, updated_at=T0))
+        approvals.append(dict(id=aid, proposal_id=pid, action="create_agent", details={},
+                              requested_by="coordination-system", safety_score=0.9, reason="race",
+                              status="pending", created_at=T0 + timedelta(microseconds=i),
+                              expires_at=T0 + TTL + timedelta(microseconds=i)))
+    with db.session() as s:  # type: ignore[attr-defined]
+        s.execute(insert(Proposal), proposals)
+        s.execute(insert(Approval), approvals)
+    return [a["id"] for a in approvals]
+
+
+@pytest.mark.slow
+def test_approve_and_expire_race(tmp_path: Path, db_url: str) -> None:
+    n = N_OVERRIDE or N["sqlite" if db_url.startswith("sqlite") else "postgres"]
+    db = open_database(make_settings(tmp_path, db_url, sqlite_synchronous="NORMAL"))
+    ids = _seed(db, n)
+    ctx = multiprocessing.get_context("spawn")
+    ready, go = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_approver, args=(db_url, ids, ready, go)),
+             ctx.Process(target=_expirer, args=(db_url, ready, go))]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    go.set()
+    for p in procs:
+        p.join(240)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+    with db.reader() as s:
+        approvals = {a.id: a for a in s.scalars(select(Approval))}
+        proposals = {p.id: p.status for p in s.scalars(select(Proposal))}
+        executes = Counter(s.scalars(select(OutboxJob.ref_id).where(OutboxJob.job == "execute")))
+        decisions = Counter(s.scalars(select(AuditEvent.subject_id).where(
+            AuditEvent.action.in_(["approval.approved", "approval.expired"]))))
+    db.dispose()
+    outcome = Counter(a.status for a in approvals.values())
+    assert set(outcome) <= {"approved", "expired"} and sum(outcome.values()) == n, outcome
+    for a in approvals.values():
+        assert proposals[a.proposal_id] == a.status
+        assert executes[a.proposal_id] == (1 if a.status == "approved" else 0)
+        assert decisions[a.id] == 1  # one decision each, never two
+        assert a.decided_by == ("alice" if a.status == "approved" else "expiry")
+    # Both sides won some: the race was real, not one process finishing before the other started.
+    assert outcome["approved"] > 0 and outcome["expired"] > 0, outcome

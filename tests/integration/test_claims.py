@@ -1,0 +1,240 @@
+"""Claiming under leases (invariant 2): exactly once under real concurrency, expiry, fencing, order.
+
+The concurrency test runs real processes (spawn), each with its own Coordinator built from the same
+setting values, against a real SQLite file and a real PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from coord.client import Coordinator
+from coord.clock import utcnow
+from coord.db.models import InboxMessage, Task
+from coord.delegation import reap_expired_leases
+from coord.errors import LeaseLost
+from coord.settings import Settings, load_settings
+
+N_TASKS = 5_000
+N_PROCS = 8
+WORKER = "worker-agent"
+BOSS = "boss-agent"
+
+
+def _values(settings: Settings) -> dict[str, Any]:
+    """Plain setting values a spawned child can rebuild its own Settings from. SQLite: WAL without an
+    fsync per commit (the locking is the same, the waiting is shorter)."""
+    return {"state_dir": str(settings.state_dir), "database_url": settings.db_url, "dispatch": "inline",
+            "sqlite_synchronous": "NORMAL"}
+
+
+def _claimer(values: dict[str, Any], name: str) -> list[tuple[str, int, str]]:
+    """Child process: claim and complete until nothing is left; any exception fails the parent's test."""
+    from coord.logs import configure_logging
+
+    configure_logging("warning")
+    coordinator = Coordinator(load_settings(overrides=values, env={}).settings)
+    seen: list[tuple[str, int, str]] = []
+    try:
+        while True:
+            claim = coordinator.claim_next(WORKER, claimer=name, lease_seconds=600)
+            if claim is None:
+                break
+            seen.append((claim.task_id, claim.token, name))
+            coordinator.complete(claim.task_id, claim.token, {"by": name})
+    finally:
+        coordinator.close()
+    return seen
+
+
+def _register(c: Coordinator) -> None:
+    c.register_agent(BOSS, "Plans the work and hands it out", expertise=["planning"])
+    c.register_agent(WORKER, "Does the work it is given", expertise=["work"])
+
+
+def _bulk_tasks(c: Coordinator, n: int) -> list[str]:
+    """n pending tasks in the real schema, in one executemany (the API path is tested elsewhere)."""
+    now = utcnow()
+    rows = [
+        dict(id=f"t{i:05d}", from_agent=BOSS, to_agent=WORKER, task_type="delegation", payload={"n": i},
+             payload_hash=f"{i:064x}", priority=i % 4, status="pending", created_at=now + timedelta(microseconds=i),
+             updated_at=now, lease_token=0, attempts=0, max_attempts=3)
+        for i in range(n)
+    ]
+    with c.db.session() as s:
+        s.execute(insert(Task), rows)
+    return [r["id"] for r in rows]
+
+
+@pytest.mark.slow
+def test_every_task_is_claimed_exactly_once_by_concurrent_processes(coordinator: Coordinator, settings: Settings):
+    _register(coordinator)
+    ids = _bulk_tasks(coordinator, N_TASKS)
+
+    ctx = multiprocessing.get_context("spawn")
+    started = time.monotonic()
+    with ctx.Pool(N_PROCS) as pool:
+        per_proc = pool.starmap(_claimer, [(_values(settings), f"claimer-{p}") for p in range(N_PROCS)])
+    elapsed = time.monotonic() - started
+
+    claims = [c for proc in per_proc for c in proc]
+    counts = Counter(task_id for task_id, _token, _who in claims)
+    assert [t for t, n in counts.items() if n > 1] == [], "a task was claimed twice"
+    assert set(counts) == set(ids), f"{len(set(ids) - set(counts))} tasks were never claimed"
+    assert {token for _t, token, _w in claims} == {1}
+    busy = [len(proc) for proc in per_proc]
+    assert sum(1 for n in busy if n) >= 2, f"claims were not concurrent: {busy}"
+
+    with coordinator.db.reader() as s:
+        status = dict(s.execute(select(Task.status, func.count()).group_by(Task.status)).all())
+        attempts = set(s.scalars(select(Task.attempts).distinct()))
+        by = dict(s.execute(select(Task.id, Task.result)).all())
+        notified = s.scalar(select(func.count()).select_from(InboxMessage).where(InboxMessage.kind == "task_completed"))
+    assert status == {"completed": N_TASKS}
+    assert attempts == {1}
+    assert all(by[t]["by"] == who for t, _tok, who in claims), "a result was written by a non-holder"
+    assert notified == N_TASKS
+    print(f"\n{N_TASKS} claims+completes by {N_PROCS} processes on {coordinator.db.dialect}: "
+          f"{elapsed:.1f}s, per process {busy}")
+
+
+# --- leases, with a clock the test moves ---------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clocked(settings: Settings):
+    clock = Clock()
+    c = Coordinator(settings, clock=clock)
+    _register(c)
+    yield c, clock
+    c.close()
+
+
+def _reap(c: Coordinator) -> dict[str, int]:
+    with c.db.session() as s:
+        return reap_expired_leases(s, c.db.backend, c.now())
+
+
+def _delegate(c: Coordinator, title: str, **kw: Any) -> str:
+    return c.delegate(BOSS, WORKER, {"title": title}, **kw).coordination_id
+
+
+def test_stalled_holder_loses_its_lease_to_the_next_claimer(coordinator: Coordinator):
+    """Real time: a 0.3 s lease runs out while its holder stalls; its late complete is refused."""
+    _register(coordinator)
+    task_id = _delegate(coordinator, "slow job")
+    first = coordinator.claim_next(WORKER, claimer="stalled", lease_seconds=0.3)
+    assert first is not None and first.task_id == task_id
+    assert coordinator.claim_next(WORKER, claimer="eager") is None, "a live lease was taken"
+
+    time.sleep(0.45)
+    assert _reap(coordinator) == {"requeued": 1, "failed": 0}
+    second = coordinator.claim_next(WORKER, claimer="eager")
+    assert second is not None and second.task_id == task_id and second.token > first.token
+
+    with pytest.raises(LeaseLost, match="claimed again"):
+        coordinator.complete(task_id, first.token, {"by": "stalled"})
+    with pytest.raises(LeaseLost):
+        coordinator.heartbeat(task_id, first.token)
+    coordinator.complete(task_id, second.token, {"by": "eager"})
+
+    info = coordinator.get_task(task_id)
+    assert (info.status, info.result, info.attempts) == ("completed", {"by": "eager"}, 2)
+
+
+def test_expired_lease_without_reaper_refuses_complete(clocked):
+    c, clock = clocked
+    task_id = _delegate(c, "job")
+    claim = c.claim_next(WORKER, lease_seconds=5)
+    clock.advance(6)
+    with pytest.raises(LeaseLost, match="expired"):
+        c.complete(task_id, claim.token)
+    assert c.get_task(task_id).status == "claimed"  # nothing changed; the reaper will requeue it
+
+
+def test_task_fails_after_max_attempts_expiries(clocked):
+    c, clock = clocked
+    assert c.settings.max_task_attempts == 3
+    task_id = _delegate(c, "doomed")
+    for attempt in (1, 2, 3):
+        claim = c.claim_next(WORKER, lease_seconds=1)
+        assert claim is not None and claim.attempt == attempt
+        clock.advance(2)
+        outcome = _reap(c)
+        assert outcome == ({"requeued": 1, "failed": 0} if attempt < 3 else {"requeued": 0, "failed": 1})
+    info = c.get_task(task_id)
+    assert (info.status, info.attempts) == ("failed", 3)
+    assert c.claim_next(WORKER) is None
+    assert [m.kind for m in c.inbox(BOSS)] == ["task_failed"]
+
+
+def test_heartbeat_extends_the_lease(clocked):
+    c, clock = clocked
+    task_id = _delegate(c, "long job")
+    claim = c.claim_next(WORKER, lease_seconds=10)
+    clock.advance(8)
+    until = c.heartbeat(task_id, claim.token, lease_seconds=10)
+    assert until == clock.now + timedelta(seconds=10)
+    clock.advance(8)  # 16 s after the claim: past the first lease, inside the extended one
+    assert _reap(c) == {"requeued": 0, "failed": 0}
+    c.complete(task_id, claim.token, {"ok": True})
+    assert c.get_task(task_id).status == "completed"
+
+
+def test_foreign_token_is_refused(clocked):
+    c, _clock = clocked
+    task_id = _delegate(c, "mine")
+    claim = c.claim_next(WORKER)
+    for call in (lambda t: c.complete(task_id, t), lambda t: c.heartbeat(task_id, t),
+                 lambda t: c.fail(task_id, t, "nope"), lambda t: c.release(task_id, t)):
+        with pytest.raises(LeaseLost):
+            call(claim.token + 1)
+    info = c.get_task(task_id)
+    assert (info.status, info.attempts, info.result) == ("claimed", 1, None)
+    c.complete(task_id, claim.token)
+
+
+def test_release_does_not_count_an_attempt(clocked):
+    c, _clock = clocked
+    task_id = _delegate(c, "give back")
+    first = c.claim_next(WORKER)
+    c.release(task_id, first.token)
+    info = c.get_task(task_id)
+    assert (info.status, info.attempts, info.claimed_by) == ("pending", 0, None)
+    second = c.claim_next(WORKER)
+    assert (second.task_id, second.attempt) == (task_id, 1)
+    assert second.token > first.token
+    with pytest.raises(LeaseLost):
+        c.complete(task_id, first.token)
+
+
+def test_claims_follow_priority_then_age(clocked):
+    c, clock = clocked
+    order = [("low-old", "low"), ("crit-old", "critical"), ("medium", "medium"), ("high", "high"),
+             ("crit-new", "critical"), ("low-new", "low")]
+    ids = {}
+    for title, prio in order:
+        ids[_delegate(c, title, priority=prio)] = title
+        clock.advance(1)
+    claimed = []
+    while (claim := c.claim_next(WORKER)) is not None:
+        claimed.append(ids[claim.task_id])
+    assert claimed == ["crit-old", "crit-new", "high", "medium", "low-old", "low-new"]

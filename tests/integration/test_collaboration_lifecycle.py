@@ -1,0 +1,139 @@
+"""The collaboration lifecycle the seed's table implies: candidates accept or decline, the accepted one
+is assigned, the requester is told and the request closes; nobody accepting by the deadline is reported
+back as unanswered."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+
+from coord.client import Coordinator
+from coord.collaboration import expire_unanswered
+from coord.errors import Conflict, InvalidInput, NotFound
+
+REQUESTER = "mobile-expert"
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_database")
+    return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
+
+
+class Clock:
+    at = T0
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def c(tmp_path: Path, db_url: str) -> Iterator[Coordinator]:
+    clock = Clock()
+    c = Coordinator(make_settings(tmp_path, db_url, sqlite_synchronous="NORMAL"), clock=clock)
+    c.register_agent(REQUESTER, "Builds mobile apps", expertise=["mobile"])
+    c.register_agent("chain-a", "Blockchain and smart contracts", expertise=["blockchain"])
+    c.register_agent("chain-b", "Crypto wallets on the blockchain", expertise=["blockchain", "wallets"])
+    c.register_agent("outsider", "Writes documentation", expertise=["docs"])
+    yield c
+    c.close()
+
+
+def kinds(c: Coordinator, agent: str) -> dict[str, dict]:
+    return {i.kind: i.body for i in c.inbox(agent)}
+
+
+def ask(c: Coordinator, **kw: object) -> str:
+    r = c.request_collaboration(REQUESTER, "blockchain", {"task": "Implement crypto wallet"}, **kw)
+    assert r.status == "collaboration_requested" and {x.agent_id for x in r.candidates} == {"chain-a", "chain-b"}
+    assert all("collaboration_request" in kinds(c, a) for a in ("chain-a", "chain-b"))
+    return r.collaboration_id
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+def test_accept_assigns_notifies_and_closes(c: Coordinator) -> None:
+    rid = ask(c)
+    assert c.get_collaboration(rid).status == "open"
+    declined = c.respond_collaboration(rid, "chain-a", accept=False, note="busy this week")
+    assert declined.status == "open" and declined.responses == {"chain-a": "declined"}
+    accepted = c.respond_collaboration(rid, "chain-b", accept=True, note="on it")
+    assert accepted.status == "assigned" and accepted.assigned == ["chain-b"] and accepted.closed_at == T0
+    note = kinds(c, REQUESTER)["collaboration_accepted"]
+    assert note["agent_id"] == "chain-b" and note["note"] == "on it"
+    assert "collaboration_filled" in kinds(c, "chain-a")
+    assert c.respond_collaboration(rid, "chain-b", accept=True).changed is False  # a replay
+    with pytest.raises(Conflict, match="already declined"):
+        c.respond_collaboration(rid, "chain-a", accept=True)
+    with pytest.raises(InvalidInput, match="not a candidate"):
+        c.respond_collaboration(rid, "outsider", accept=True)
+    with pytest.raises(InvalidInput, match="only the requester"):
+        c.close_collaboration(rid, "chain-b")
+    closed = c.close_collaboration(rid, REQUESTER)
+    assert closed.status == "closed" and "collaboration_closed" in kinds(c, "chain-b")
+    with c.db.session() as s:
+        assert expire_unanswered(s, T0 + timedelta(days=3)) == 0  # a closed request is never unanswered
+
+
+def test_two_candidates_accepting_at_once_leave_one_assignee(c: Coordinator) -> None:
+    rid = ask(c)
+    results: dict[str, object] = {}
+
+    def accept(agent: str) -> None:
+        try:
+            results[agent] = c.respond_collaboration(rid, agent, accept=True).status
+        except Conflict as exc:
+            results[agent] = exc
+
+    threads = [threading.Thread(target=accept, args=(a,)) for a in ("chain-a", "chain-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [a for a, r in results.items() if r == "assigned"]
+    assert len(winners) == 1 and c.get_collaboration(rid).assigned == winners
+    loser = next(r for r in results.values() if isinstance(r, Conflict))
+    assert "already assigned" in str(loser)
+
+
+def test_everyone_declines_reports_unanswered(c: Coordinator) -> None:
+    rid = ask(c)
+    c.respond_collaboration(rid, "chain-a", accept=False)
+    r = c.respond_collaboration(rid, "chain-b", accept=False, note="not my area")
+    assert r.status == "unanswered"
+    body = kinds(c, REQUESTER)["collaboration_unanswered"]
+    assert body["declined"] == ["chain-a", "chain-b"] and body["why"] == "every candidate declined"
+
+
+def test_deadline_passes_unanswered(c: Coordinator) -> None:
+    rid = ask(c, deadline_seconds=600)
+    with c.db.session() as s:
+        assert expire_unanswered(s, T0 + timedelta(seconds=599)) == 0
+    with c.db.session() as s:
+        assert expire_unanswered(s, T0 + timedelta(seconds=600)) == 1
+    assert c.get_collaboration(rid).status == "unanswered"
+    body = kinds(c, REQUESTER)["collaboration_unanswered"]
+    assert body["why"] == "nobody accepted before the deadline" and body["declined"] == []
+    with pytest.raises(Conflict, match="unanswered"):
+        c.respond_collaboration(rid, "chain-a", accept=True)
+    with c.db.session() as s:
+        assert expire_unanswered(s, T0 + timedelta(days=1)) == 0
+    assert len([i for i in c.inbox(REQUESTER) if i.kind == "collaboration_unanswered"]) == 1
+
+
+def test_bad_input(c: Coordinator) -> None:
+    with pytest.raises(NotFound):
+        c.respond_collaboration("no-such-request", "chain-a", accept=True)
+    rid = ask(c)
+    with pytest.raises(NotFound):
+        c.respond_collaboration(rid, "ghost-agent", accept=True)  # not registered
+    with pytest.raises(InvalidInput):
+        c.respond_collaboration(rid, "chain-a", accept=True, note="x" * 5000)
+    with pytest.raises(InvalidInput):
+        c.request_collaboration(REQUESTER, "blockchain", {}, deadline_seconds=0)

@@ -1,0 +1,108 @@
+"""The worker's side of the outbox on SQLite and PostgreSQL: batches, the reconciler, periodic claims."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_settings
+from sqlalchemy import update
+
+from coord.client import Coordinator
+from coord.clock import utcnow
+from coord.db.models import OutboxJob
+from coord.outbox import SilentBell, run_batch
+from coord.periodic import claim_period, period_start, reconcile, run_periodic
+from coord.states import JOB_DISPATCH
+from worker.reload import merge_live
+
+
+@pytest.fixture
+def coord(tmp_path: Path, db_url: str) -> Any:
+    c = Coordinator(make_settings(tmp_path, db_url, dispatch="queue", reconcile_interval_seconds=1), bell=SilentBell())
+    c.register_agent("sender", "delegates")
+    c.register_agent("receiver", "receives")
+    yield c
+    c.close()
+
+
+def _rows(c: Coordinator) -> dict[str, OutboxJob]:
+    with c.db.reader() as s:
+        return {r.ref_id: r for r in s.query(OutboxJob)}
+
+
+def test_one_bell_runs_a_batch_of_fresh_rows_and_the_other_bells_are_no_ops(coord: Coordinator) -> None:
+    ids = [coord.delegate("sender", "receiver", {"title": str(i)}, id=f"t{i}").coordination_id for i in range(5)]
+    outbox = {ref: r.id for ref, r in _rows(coord).items()}
+    calls: list[str] = []
+
+    def handler(session: Any, row: OutboxJob, ctx: Any) -> list[str]:
+        calls.append(row.ref_id)
+        if row.ref_id == "t2":
+            raise RuntimeError("only this one fails")
+        return []
+
+    outcomes, _ = run_batch(coord.db, outbox["t4"], {JOB_DISPATCH: handler}, None, batchable=frozenset({JOB_DISPATCH}))
+    assert calls == ids  # oldest first, all in one batch
+    assert {o.outbox_id: o.status for o in outcomes}[outbox["t2"]] == "retry"
+    assert sum(o.status == "done" for o in outcomes) == 4
+    rows = _rows(coord)
+    assert rows["t2"].status == "pending" and rows["t2"].attempts == 1 and "only this one" in rows["t2"].last_error
+    assert all(rows[t].status == "done" for t in ("t0", "t1", "t3", "t4"))
+    # The other rows' bells: nothing to do, no second run.
+    assert run_batch(coord.db, outbox["t0"], {JOB_DISPATCH: handler}, None)[0][0].status == "skipped"
+    # The failed row is no longer fresh: once due it runs alone.
+    with coord.db.session() as s:
+        s.execute(update(OutboxJob).where(OutboxJob.id == outbox["t2"]).values(next_attempt_at=utcnow()))
+    coord.delegate("sender", "receiver", {"title": "new"}, id="t9")
+    calls.clear()
+    run_batch(coord.db, outbox["t2"], {JOB_DISPATCH: lambda s, r, c: calls.append(r.ref_id)}, None,
+              batchable=frozenset({JOB_DISPATCH}))
+    assert calls == ["t2"]
+
+
+def test_reconcile_rings_lost_bells_but_not_a_backlog_or_a_running_job(coord: Coordinator) -> None:
+    for i in range(3):
+        coord.delegate("sender", "receiver", {"title": str(i)}, id=f"r{i}")
+    rows = _rows(coord)
+    now = utcnow() + timedelta(seconds=5)
+    with coord.db.session() as s:  # r1 is running: taken under a lease
+        lease = now + timedelta(seconds=60)
+        s.execute(update(OutboxJob).where(OutboxJob.ref_id == "r1").values(attempts=1, next_attempt_at=lease))
+    with coord.db.session() as s:
+        assert reconcile(s, coord.db.backend, coord.settings, now, queued=500)["ring"] == []  # backlog: wait
+    with coord.db.session() as s:
+        rung = reconcile(s, coord.db.backend, coord.settings, now, queued=0)["ring"]
+    assert sorted(rung) == sorted([rows["r0"].id, rows["r2"].id])
+    with coord.db.session() as s:  # just rung: quiet for an interval before ringing again
+        assert reconcile(s, coord.db.backend, coord.settings, now, queued=0)["ring"] == []
+    with coord.db.session() as s:
+        later = now + timedelta(seconds=61)
+        assert len(reconcile(s, coord.db.backend, coord.settings, later, queued=500)["ring"]) == 2
+    with coord.db.session() as s:
+        assert reconcile(s, coord.db.backend, coord.settings, now, queued=0, room=0)["ring"] == []
+
+
+def test_a_period_is_claimed_once(coord: Coordinator) -> None:
+    now = utcnow()
+    start = period_start(now, 10)
+    assert start <= now < start + timedelta(seconds=10) and start.timestamp() % 10 == 0
+    with coord.db.session() as s:
+        assert claim_period(s, coord.db.backend, "job", start, worker_id="a", now=now)
+    with coord.db.session() as s:
+        assert not claim_period(s, coord.db.backend, "job", start, worker_id="b", now=now)
+        assert claim_period(s, coord.db.backend, "job", start + timedelta(seconds=10), worker_id="b", now=now)
+    assert run_periodic(coord.db, coord.settings, "reap_leases", worker_id="a", now=now) is not None
+    assert run_periodic(coord.db, coord.settings, "reap_leases", worker_id="b", now=now) is None
+    result = run_periodic(coord.db, coord.settings, "expire_approvals", worker_id="a", now=now)
+    assert result is not None and ("expired" in result or "skipped" in result)
+
+
+def test_reload_applies_live_settings_and_holds_the_rest(tmp_path: Path) -> None:
+    old = make_settings(tmp_path, safe_mode=True, worker_concurrency=2)
+    new = make_settings(tmp_path, safe_mode=False, worker_concurrency=8, log_level="debug")
+    merged, live, restart = merge_live(old, new)
+    assert (merged.safe_mode, merged.log_level, merged.worker_concurrency) == (False, "debug", 2)
+    assert set(live) == {"safe_mode", "log_level"} and restart == ["worker_concurrency"]
