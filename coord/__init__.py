@@ -17,38 +17,46 @@ from coord.errors import (
 )
 from coord.results import (
     AgentInfo,
+    AgentProposalResult,
+    ApprovalInfo,
     Candidate,
     Claim,
     CollaborationResult,
+    CollaborationStatus,
     DelegationResult,
     GapResult,
     InboxItem,
+    ProposalInfo,
     TaskInfo,
 )
 from coord.settings import Settings, load_settings
 
 __all__ = [
+    # the client and its settings
+    "Coordinator",
+    "Settings",
+    "load_settings",
     # results
     "AgentInfo",
+    "AgentProposalResult",
+    "ApprovalInfo",
     "Candidate",
     "Claim",
     "CollaborationResult",
+    "CollaborationStatus",
+    "DelegationResult",
+    "GapResult",
+    "InboxItem",
+    "ProposalInfo",
+    "TaskInfo",
     # errors
     "Conflict",
     "CoordError",
-    # client
-    "Coordinator",
-    "DelegationResult",
     "FileFormatError",
-    "GapResult",
-    "InboxItem",
     "InvalidInput",
     "LeaseLost",
     "NotFound",
     "PolicyDenied",
-    "Settings",
     "SettingsError",
-    "TaskInfo",
     "Unavailable",
-    "load_settings",
 ]

@@ -576,6 +576,10 @@ def _fresh_frontmatter(agent: AgentFile) -> CommentedMap:
 def render_agent(agent: AgentFile) -> str:
     """The file text for `agent`: the original bytes if nothing changed, else a minimal edit of them."""
     rt = agent._rt
+    if rt is None and agent.content_hash:
+        # Parsed with roundtrip=False: rendering afresh would drop the file's comments and layout.
+        raise InvalidInput("this agent was parsed without round-trip data; re-read it with roundtrip=True "
+                           "before writing it back", path=str(agent.path) if agent.path else None)
     if rt is None:
         body = agent.body if agent.body.startswith("\n") else "\n" + agent.body
         text = "---\n" + _dump(_fresh_frontmatter(agent), "\n") + "---\n" + body

@@ -81,7 +81,7 @@ class Match(Generic[E]):
     """A lookup result. `similarity` is 1.0 for exact and alias hits, the difflib ratio for fuzzy ones."""
 
     entry: E
-    how: Literal["exact", "alias", "fuzzy"]
+    how: Literal["exact", "alias", "fuzzy", "semantic"]  # semantic: coord.matching.catalog_match
     similarity: float
     matched: str  # exact/alias: the query as given; fuzzy: the normalized name or alias it resembled
 

@@ -22,7 +22,8 @@ from coord.db.models import InboxMessage
 from coord.errors import InvalidInput
 from coord.ids import check_id, new_id
 from coord.logs import get_logger
-from coord.matching.lexical import rank_lexical
+from coord.matching.hybrid import rank_agents
+from coord.matching.index import embedding_jobs
 from coord.outbox import Bell
 from coord.results import (
     AgentInfo,
@@ -91,7 +92,8 @@ class Coordinator:
             log.warning("bell.failed", outbox_ids=outbox_ids, error=str(exc))
 
     def _rank(self, session: Any, need: str, *, limit: int = 5, exclude: tuple[str, ...] = ()) -> list:
-        return rank_lexical(session, self.db.backend, need, limit=limit, exclude=exclude)
+        return rank_agents(session, self.db.backend, need, limit=limit, exclude=exclude,
+                           matching=self.settings.matching)
 
     # --- registry -----------------------------------------------------------------------------------
     def register_agent(
@@ -108,7 +110,9 @@ class Coordinator:
         with self.db.session() as s:
             agent, event = registry.upsert_agent(s, self.db.backend, spec, now=self.now(), origin="api")
             info = registry.info(s, agent)
+            embed = embedding_jobs(s) if event is not None else []
         log.info("agent.registered", agent_id=name, change=event)
+        self._ring(embed)  # the worker embeds the new text; matching is lexical for this agent until then
         return info
 
     def get_agent(self, agent_id: str) -> AgentInfo:

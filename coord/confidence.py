@@ -5,12 +5,13 @@ constant in the branch that builds it (the seed pasted 0.8, 0.9, 0.3, 0.2 per br
 
     confidence = HOW[how] * similarity * SECRET_FACTOR ** missing_secrets * TRUST[trust] * pin
 
-- `how`: exact catalog name, declared/implicit alias, fuzzy name match, a new agent rendered from the
+- `how`: exact catalog name, declared/implicit alias, fuzzy name match, an entry the gap's words
+  describe (semantic, coord.matching.catalog_match), a new agent rendered from the
   template, a partial cover by an existing agent (workaround), or a search (nothing matched; only
   suggestions exist).
 - `similarity` in [0, 1]: 1.0 for exact and alias hits and for a template; the difflib ratio for a fuzzy
-  hit; the best suggestion's ratio for a search (0 when there is none); the share of the need an
-  existing agent covers for a workaround.
+  hit; the cosine for a semantic one; the best suggestion's ratio for a search (0 when there is none);
+  the share of the need an existing agent covers for a workaround.
 - `missing_secrets`: secrets the launch spec references (`${VAR}`) that the environment does not hold.
   Installing still works, but the server will not start until a person supplies them.
 - `trust`: where the artifact comes from (an allowed source, a hosted remote, a manual tool coord never
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-How = Literal["exact", "alias", "fuzzy", "template", "partial", "search"]
+How = Literal["exact", "alias", "fuzzy", "semantic", "template", "partial", "search"]
 Trust = Literal["allowed", "internal", "remote", "manual", "not_allowed"]
 
 # The one table. Exact beats alias beats fuzzy: an alias can be shared or stale, a fuzzy hit can be a
@@ -35,6 +36,7 @@ HOW: dict[str, float] = {
     "exact": 1.0,
     "alias": 0.95,
     "fuzzy": 0.9,
+    "semantic": 0.8,  # the gap's words describe a catalog entry (coord.matching.catalog_match); similarity = cosine
     "template": 0.8,
     "partial": 0.8,
     "search": 0.3,

@@ -18,7 +18,7 @@ from coord.db.models import InboxMessage, Task
 from coord.errors import Conflict, InvalidInput, LeaseLost, NotFound
 from coord.gaps import record_gap
 from coord.ids import check_id, new_id
-from coord.matching.lexical import rank_lexical
+from coord.matching.hybrid import rank_agents
 from coord.outbox import add_job
 from coord.payloads import check_payload
 from coord.registry import require_active
@@ -80,8 +80,9 @@ def delegate(
             now=now,
             max_attempts=settings.outbox_max_attempts,
         )
-        fallback = rank_lexical(
-            session, backend, _describe(data) or to_agent.replace("-", " "), limit=3, exclude=(from_agent,)
+        fallback = rank_agents(
+            session, backend, _describe(data) or to_agent.replace("-", " "), limit=3, exclude=(from_agent,),
+            matching=settings.matching,
         )
         return DelegationResult(
             "agent_not_found", task_id, to_agent, fallback, gap.gap_id, gap.status == "replayed"

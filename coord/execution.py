@@ -46,7 +46,7 @@ def execute(session: Session, backend: Any, settings: Any, proposal_id: str, *, 
         return _create_agent(session, backend, settings, proposal, approved_by, now)
     if proposal.kind in INSTALL_KINDS:
         return _install(session, proposal, approval, approved_by, now, ctx)
-    _finish(session, proposal, "failed", now, error=f"a {proposal.kind} proposal cannot be executed")
+    finish_proposal(session, proposal, "failed", now, error=f"a {proposal.kind} proposal cannot be executed")
     return []
 
 
@@ -56,9 +56,9 @@ def _create_agent(session: Session, backend: Any, settings: Any, proposal: Propo
         with session.begin_nested():  # a refused write leaves the registry as it was
             result = creation.create_agent(session, backend, settings, proposal, now=now)
     except (InvalidInput, Conflict) as exc:  # includes SettingsError and FileFormatError
-        _finish(session, proposal, "failed", now, error=exc.message)
+        finish_proposal(session, proposal, "failed", now, error=exc.message)
         return []
-    _finish(session, proposal, "executed", now, result=result)
+    finish_proposal(session, proposal, "executed", now, result=result)
     audit.record(session, approved_by or "policy", "agent.created", "agent", result["agent_id"], now,
                  proposal_id=proposal.id, path=result["path"])
     return []
@@ -93,7 +93,7 @@ def _install(session: Session, proposal: Proposal, approval: Approval | None, ap
     return service.execute_install(session, install, ctx) or []
 
 
-def _finish(session: Session, proposal: Proposal, status: str, now: datetime, *, error: str | None = None,
+def finish_proposal(session: Session, proposal: Proposal, status: str, now: datetime, *, error: str | None = None,
             result: dict[str, Any] | None = None) -> None:
     proposal.status, proposal.updated_at = status, now
     proposal.details = {**proposal.details, "execution": {"status": status, "at": now.isoformat(),

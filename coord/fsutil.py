@@ -1,6 +1,6 @@
 """Atomic, lock-guarded file replacement (invariant 5): the one way coord writes a user's file.
 
-Lock a sidecar `<file>.lock`, never the target: `os.replace` swaps the inode, so a lock held on the
+Lock a hidden sidecar `.<file>.lock`, never the target: `os.replace` swaps the inode, so a lock held on the
 target would guard a file that no longer exists under that name.
 """
 
@@ -35,7 +35,8 @@ def file_hash(path: Path) -> str | None:
 
 
 def lock_for(path: Path) -> FileLock:
-    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_SECONDS)
+    # Hidden, so it does not clutter a user's project folder or look like an agent file.
+    return FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_SECONDS)
 
 
 def backup(path: Path, backup_dir: Path | None = None) -> Path | None:

@@ -13,10 +13,11 @@ from coord.delegation import dispatch
 from coord.execution import execute
 from coord.installer.service import INSTALL_HANDLER, install_lease
 from coord.logs import get_logger
+from coord.matching.index import run_embed_job
 from coord.notifiers import notify_job
 from coord.outbox import Handler, OwnTransactions
 from coord.proposals import propose_for_gap
-from coord.states import JOB_DISPATCH, JOB_EXECUTE, JOB_INSTALL, JOB_NOTIFY_APPROVAL, JOB_PROPOSE
+from coord.states import JOB_DISPATCH, JOB_EMBED, JOB_EXECUTE, JOB_INSTALL, JOB_NOTIFY_APPROVAL, JOB_PROPOSE
 
 log = get_logger(__name__)
 
@@ -49,6 +50,7 @@ HANDLERS: dict[str, Handler] = {
     JOB_EXECUTE: handle_execute,
     JOB_NOTIFY_APPROVAL: OwnTransactions(notify_job),  # network I/O: no transaction held open
     JOB_INSTALL: INSTALL_HANDLER,  # runs outside a transaction: installs take minutes
+    JOB_EMBED: OwnTransactions(run_embed_job),  # the model runs for seconds: no transaction held open
 }
 
 

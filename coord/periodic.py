@@ -26,6 +26,7 @@ from coord.db.backend import insert_ignore
 from coord.db.models import PeriodicRun, WorkerHeartbeat
 from coord.delegation import reap_expired_leases
 from coord.logs import get_logger
+from coord.matching.index import backfill as embed_backfill
 from coord.outbox import due_jobs, mark_rung
 
 log = get_logger(__name__)
@@ -108,6 +109,8 @@ JOBS: dict[str, PeriodicJob] = {
     "reconcile_outbox": PeriodicJob("reconcile_outbox", lambda s: s.reconcile_interval_seconds, reconcile),
     "reap_leases": PeriodicJob("reap_leases", lambda s: s.reconcile_interval_seconds, reap_leases),
     "expire_approvals": PeriodicJob("expire_approvals", lambda s: 60.0, expire_approvals),
+    # Agents left without a vector (extra installed later, model changed, a job failed for good).
+    "embed_backfill": PeriodicJob("embed_backfill", lambda s: 60.0, embed_backfill),
 }
 
 

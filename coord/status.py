@@ -124,6 +124,13 @@ def _agent_folders(s: Any, settings: Any) -> dict[str, Any]:
     }
 
 
+def _matching(s: Any, settings: Any) -> str:
+    """Hybrid or lexical, the model, and how many active agents have a vector (the model is not loaded)."""
+    from coord.matching.hybrid import describe_mode
+
+    return describe_mode(s, settings)
+
+
 def _periodic(s: Any, now: Any) -> list[dict[str, Any]]:
     return [
         {
@@ -162,6 +169,7 @@ def collect(settings: Any, db: Any) -> dict[str, Any]:
         report["gaps"] = int(s.scalar(select(func.count()).select_from(CapabilityGap)) or 0)
         report["sync_errors"] = int(s.scalar(select(func.count()).select_from(SyncError)) or 0)
         report["agent_folders"] = _agent_folders(s, settings)
+        report["matching"] = _matching(s, settings)
         report["installs"] = {k: int(v) for k, v in s.execute(select(Install.status, func.count())
                                                               .group_by(Install.status))}
     return report

@@ -1,4 +1,5 @@
-"""Agent folders -> registry: reconcile on start, sync changed files, create agent files (no watchdog here).
+"""Agent folders -> registry: reconcile on start, sync changed files, create agent files (no watchdog here;
+reading and parsing the files is coord.agentscan).
 
 The folders are where agent definitions live; the registry mirrors them. Each file has a row in
 `agent_files` (its last good parse and the stat/hash of the bytes last read), and the registry is the
@@ -20,15 +21,10 @@ projection of those rows by precedence: for each name, the file in the highest-p
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pickle
-import stat
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,33 +34,30 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from coord import fsutil, registry
-from coord.agentfiles import (
-    AgentFile,
-    AgentFileError,
-    agent_path,
-    parse_agent_bytes,
-    parse_agent_text,
-    read_agent_bytes,
+from coord.agentfiles import agent_path, parse_agent_text
+from coord.agentscan import (
+    MAX_PATH_CHARS,
+    Job,
+    Scan,
+    error_message,
+    is_agent_filename,
+    list_folder,
+    read_all,
+    read_file,
+    signature,
 )
 from coord.clock import utcnow
 from coord.db.backend import Backend
 from coord.db.models import Agent, AgentFileState, SyncError
-from coord.errors import Conflict, InvalidInput, NotFound, SettingsError
+from coord.errors import Conflict, InvalidInput, SettingsError
 from coord.logs import get_logger
 
 log = get_logger(__name__)
 
 BATCH_FILES = 500  # files per transaction: big enough to amortize a commit, small enough to hold locks briefly
-POOL_MIN_FILES = 600  # below this, starting parser processes costs more than it saves
-POOL_CHUNK = 50
-# A file read this soon after its last write may change again within the same timestamp tick; its mtime is
-# not trusted for skipping, so the next reconcile hashes it again.
-RACY_NS = 2_000_000_000
 ERROR_REASON_MAX = 32
-MAX_PATH_CHARS = 1024  # the path columns' size; a longer path could not be recorded, so it is not synced
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
-Sig = tuple[int, int | None, int, int]  # size, mtime_ns (None = racy), ctime_ns, inode
 
 
 # ---- folders ------------------------------------------------------------------------------------------
@@ -85,177 +78,10 @@ def configured_folders(settings: Any) -> list[str]:
     return out
 
 
-def is_agent_filename(name: str) -> bool:
-    """`*.md`, not hidden: editors' swap, lock and backup files (`.x.md.swp`, `.#x.md`, `x.md~`) never match."""
-    return name.endswith(".md") and not name.startswith(".")
-
-
-def list_folder(folder: str) -> dict[str, os.stat_result] | None:
-    """Agent files directly in `folder` (symlinks followed) with their stat.
-
-    {} when the folder does not exist (its agents are gone); None when it exists but cannot be listed
-    (permissions, I/O error): then nothing is known about its files and none may be taken for deleted.
-    """
-    out: dict[str, os.stat_result] = {}
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return out
-    except OSError as exc:
-        log.warning("sync.folder_unreadable", folder=folder, error=exc.strerror)
-        return None
-    for entry in entries:
-        if not is_agent_filename(entry.name) or len(entry.path) > MAX_PATH_CHARS:
-            continue
-        try:
-            st = entry.stat()
-        except OSError:
-            continue  # dangling symlink, or removed since listing
-        if stat.S_ISREG(st.st_mode):
-            out[entry.path] = st
-    return out
-
-
-def _sig(st: os.stat_result, now_ns: int) -> Sig:
-    racy = now_ns - st.st_mtime_ns < RACY_NS
-    return (st.st_size, None if racy else st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-# ---- reading one file (no database: runs in parser processes too) --------------------------------------
-
-
-@dataclass
-class Scan:
-    """What reading one file found. Plain data, so parser processes can send it back."""
-
-    path: str
-    folder: str
-    gone: bool = False
-    sig: Sig | None = None
-    seen_hash: str | None = None
-    unchanged: bool = False  # same bytes as the last read: the last outcome (good or bad) stands
-    name: str | None = None
-    content_hash: str | None = None
-    spec: dict[str, Any] | None = None
-    error: tuple[str, str] | None = None  # (reason, message)
-
-
-def _spec(agent: AgentFile) -> dict[str, Any]:
-    collaboration = agent.extra.get("collaboration")
-    spec = {
-        "description": agent.description,
-        "expertise": list(agent.expertise) if agent.expertise_declared else [],
-        "tags": list(agent.expertise),
-        "tools": agent.tools,
-        "mcp_servers": list(agent.mcp_servers),
-        "model": agent.model,
-        # YAML may hold dates and the like; the registry stores JSON.
-        "collaboration": json.loads(json.dumps(collaboration, default=str)) if isinstance(collaboration, dict)
-        else {},
-    }
-    _agent_spec(agent.name, spec).validated()  # registry limits (description length) fail here, per file
-    return spec
-
-
 def _agent_spec(name: str, spec: dict[str, Any]) -> registry.AgentSpec:
     return registry.AgentSpec(name=name, description=spec["description"], expertise=list(spec["expertise"]),
                               tools=spec["tools"], mcp_servers=list(spec["mcp_servers"]), model=spec["model"],
                               collaboration=dict(spec.get("collaboration") or {}))
-
-
-def _message(exc: Exception, path: str) -> str:
-    text = getattr(exc, "message", str(exc))
-    return text[len(path) + 2:] if text.startswith(path + ": ") else text
-
-
-def read_file(path: str, folder: str, max_bytes: int, known_seen_hash: str | None = None) -> Scan:
-    """Stat, read, hash and (when the bytes are new) parse one file. Never raises for a bad file."""
-    scan = Scan(path, folder)
-    try:
-        st = os.stat(path)  # before reading: a write after this point changes the stat we store
-    except (FileNotFoundError, NotADirectoryError):
-        scan.gone = True
-        return scan
-    except OSError as exc:
-        scan.error = ("unreadable", f"cannot stat the file ({exc.strerror})")
-        scan.sig = (0, None, 0, 0)
-        return scan
-    if not stat.S_ISREG(st.st_mode):
-        scan.gone = True  # a directory or FIFO named *.md is not an agent file
-        return scan
-    scan.sig = _sig(st, time.time_ns())
-    try:
-        raw = read_agent_bytes(Path(path), max_bytes)
-    except NotFound:
-        scan.gone = True
-        return scan
-    except AgentFileError as exc:
-        scan.error = (exc.reason, _message(exc, path))
-        return scan
-    scan.seen_hash = fsutil.sha256_bytes(raw)
-    if scan.seen_hash == known_seen_hash:
-        scan.unchanged = True
-        return scan
-    try:
-        agent = parse_agent_bytes(raw, Path(path), roundtrip=False)
-        scan.spec = _spec(agent)
-    except AgentFileError as exc:
-        scan.error = (exc.reason or "invalid", _message(exc, path))
-        return scan
-    except InvalidInput as exc:
-        scan.error = (str(exc.details.get("reason") or "invalid_field"), _message(exc, path))
-        return scan
-    scan.name, scan.content_hash = agent.name, agent.content_hash
-    return scan
-
-
-def _parser_main() -> None:
-    """A parser process: job list (pickled) on stdin, then one pickled list of Scans per chunk on stdout."""
-    jobs, max_bytes = pickle.load(sys.stdin.buffer)
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything else printed (a log line) goes to stderr, never into the results
-    for chunk in jobs:
-        pickle.dump([read_file(path, folder, max_bytes, known) for path, folder, known in chunk], out)
-        out.flush()
-
-
-def _read_all(jobs: list[tuple[str, str, str | None]], max_bytes: int, workers: int) -> Iterator[Scan]:
-    """Scans in job order. Parsing is CPU-bound Python, so a big batch is parsed by `workers` processes
-    while the caller writes earlier results to the database; if they fail, parsing goes on here.
-
-    Plain `python -c` children rather than multiprocessing: they import only coord, never the caller's
-    `__main__` (a script, `coord worker`), and starting them is safe from the daemon's threads.
-    """
-    done = 0
-    if workers > 1 and len(jobs) >= POOL_MIN_FILES:
-        chunks = [jobs[i:i + POOL_CHUNK] for i in range(0, len(jobs), POOL_CHUNK)]
-        procs: list[subprocess.Popen[bytes]] = []
-        try:
-            n = min(workers, len(chunks))
-            for k in range(n):
-                proc = subprocess.Popen([sys.executable, "-c", "from coord.sync import _parser_main; _parser_main()"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                procs.append(proc)
-                assert proc.stdin is not None
-                pickle.dump((chunks[k::n], max_bytes), proc.stdin)  # read whole before it answers
-                proc.stdin.close()
-            for i in range(len(chunks)):
-                stdout = procs[i % n].stdout
-                assert stdout is not None
-                for scan in pickle.load(stdout):
-                    done += 1
-                    yield scan
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            log.warning("sync.parser_processes_failed", error=str(exc), parsing="in this process")
-        finally:
-            for proc in procs:  # a caller that stops early (watcher shutdown) leaves no parser behind
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
-    for path, folder, known in jobs[done:]:
-        yield read_file(path, folder, max_bytes, known)
 
 
 # ---- applying scans to the database -------------------------------------------------------------------
@@ -296,13 +122,17 @@ def _set_error(session: Session, path: str, folder: str, reason: str, message: s
         row.reason, row.message, row.folder, row.last_seen = reason, message, folder, now
 
 
-def _clear_errors(session: Session, paths: Iterable[str], *, reason: str | None = None) -> None:
+def _clear_errors(session: Session, paths: Iterable[str], *, reason: str | None = None,
+                  keep: str | None = None) -> None:
+    """Delete the errors of `paths` (only those with `reason`, or all but those with `keep`)."""
     table = SyncError.__table__
     paths = list(paths)
     for i in range(0, len(paths), BATCH_FILES):
         where = [table.c.path.in_(paths[i:i + BATCH_FILES])]
         if reason is not None:
             where.append(table.c.reason == reason)
+        if keep is not None:
+            where.append(table.c.reason != keep)
         if session.execute(select(table.c.path).where(*where).limit(1)).first() is None:
             continue  # the usual case: nothing to clear, and no ORM bookkeeping for it
         for row in session.scalars(select(SyncError).where(*where)):
@@ -325,11 +155,12 @@ def _winner(rows: list[Any], rank: dict[str, int]) -> Any:
     return best[0] if len(best) == 1 else _AMBIGUOUS
 
 
-def _duplicates(rows: list[Any]) -> set[str]:
-    """Paths of files that share their name with another file of the same folder."""
+def _duplicates(rows: list[Any], rank: dict[str, int]) -> set[str]:
+    """Paths of files that share their name with another file of the same (configured) folder."""
     by_folder: dict[str, list[str]] = {}
     for r in rows:
-        by_folder.setdefault(r.folder, []).append(r.path)
+        if r.folder in rank:
+            by_folder.setdefault(r.folder, []).append(r.path)
     return {p for paths in by_folder.values() if len(paths) > 1 for p in paths}
 
 
@@ -350,7 +181,7 @@ def _resolve(session: Session, backend: Backend, folders: list[str], names: set[
         unique_paths: set[str] = set()
         for name in chunk:
             rows = rows_by_name.get(name, [])
-            dups = _duplicates(rows)
+            dups = _duplicates(rows, rank)
             unique_paths |= {r.path for r in rows if r.path not in dups}
             for r in (r for r in rows if r.path in dups):
                 current = session.get(SyncError, r.path)
@@ -394,8 +225,8 @@ def _apply(session: Session, backend: Backend, settings: Any, folders: list[str]
     backend.lock_agent_sync(session)
     rows = {r.path: r for r in session.execute(select(_FILES).where(_FILES.c.path.in_([s.path for s in scans])))}
     names: set[str] = set()
-    cleared: list[str] = []  # files that are gone or good again: their errors go
     gone: list[str] = []
+    good: list[str] = []  # parsed fine: their errors go, except a name clash, which _resolve decides
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     for scan in scans:
@@ -404,7 +235,7 @@ def _apply(session: Session, backend: Backend, settings: Any, folders: list[str]
             # Another syncer may have committed a newer read of this file while we parsed: re-check under
             # the lock, so what we commit is never older than what is already there.
             try:
-                now_sig = _sig(os.stat(scan.path), time.time_ns())
+                now_sig = signature(os.stat(scan.path), time.time_ns())
             except OSError:
                 now_sig = None
             if now_sig is None or now_sig[0] != scan.sig[0] or now_sig[2:] != scan.sig[2:]:
@@ -413,14 +244,17 @@ def _apply(session: Session, backend: Backend, settings: Any, folders: list[str]
         if row is not None:
             names.add(row.name or "")
         if scan.gone:
-            if row is not None:
-                gone.append(scan.path)
-            cleared.append(scan.path)
+            gone.append(scan.path)
             continue
         assert scan.sig is not None
         size, mtime_ns, ctime_ns, inode = scan.sig
         values: dict[str, Any] = {"folder": scan.folder, "size": size, "mtime_ns": mtime_ns, "ctime_ns": ctime_ns,
                                   "inode": inode, "seen_hash": scan.seen_hash, "synced_at": now}
+        if scan.error is None and not scan.unchanged:
+            try:  # the registry's own limits (description length), per file like any other problem
+                _agent_spec(scan.name or "", scan.spec or {}).validated()
+            except InvalidInput as exc:
+                scan.error = (str(exc.details.get("reason") or "invalid_field"), error_message(exc, scan.path))
         if scan.error is not None:
             _set_error(session, scan.path, scan.folder, scan.error[0], scan.error[1], now)
         if scan.unchanged or scan.error is not None:  # the row keeps its last good parse
@@ -429,18 +263,19 @@ def _apply(session: Session, backend: Backend, settings: Any, folders: list[str]
         else:
             values.update(name=scan.name, content_hash=scan.content_hash, spec=scan.spec)
             names.add(scan.name or "")
-            cleared.append(scan.path)
+            good.append(scan.path)
         if row is None:
             inserts.append({"path": scan.path, **values})
         else:
             updates.append({"_path": scan.path, **values})
     if gone:
         session.execute(delete(_FILES).where(_FILES.c.path.in_(gone)))
+        _clear_errors(session, gone)
     if inserts:
         session.execute(insert(_FILES), inserts)
     if updates:
         session.execute(_UPDATE_FILE, updates)
-    _clear_errors(session, cleared)
+    _clear_errors(session, good, keep="duplicate_name")
     _resolve(session, backend, folders, names, now, report, origins)
 
 
@@ -485,7 +320,8 @@ def reconcile(settings: Any, db: Any, *, progress: Progress | None = None, worke
     """Bring the registry in line with every configured folder: the start-up (and periodic) full sync.
 
     Unchanged files (same size, mtime, ctime and inode) are not read; changed ones are hashed and only
-    parsed when their bytes changed. Each batch of `batch` files is one transaction.
+    parsed when their bytes changed. Each batch of `batch` files is one transaction. With no folder
+    configured at all nothing is touched: a missing setting must not read as "every agent file deleted".
     """
     started = time.perf_counter()
     folders = configured_folders(settings)
@@ -498,6 +334,7 @@ def reconcile(settings: Any, db: Any, *, progress: Progress | None = None, worke
     for folder in folders:
         listing = list_folder(folder)
         if listing is None:
+            log.warning("sync.folder_unreadable", folder=folder)
             unlistable.add(folder)
         for path, st in (listing or {}).items():
             on_disk[path] = (folder, st)
@@ -507,11 +344,11 @@ def reconcile(settings: Any, db: Any, *, progress: Progress | None = None, worke
             AgentFileState.path, AgentFileState.folder, AgentFileState.size, AgentFileState.mtime_ns,
             AgentFileState.ctime_ns, AgentFileState.inode, AgentFileState.seen_hash))}
     now_ns = time.time_ns()
-    jobs: list[tuple[str, str, str | None]] = []
+    jobs: list[Job] = []
     for path, (folder, st) in on_disk.items():
         row = known.get(path)
         if row is not None and row.folder == folder and row.mtime_ns is not None and \
-                (row.size, row.mtime_ns, row.ctime_ns, row.inode) == _sig(st, now_ns):
+                (row.size, row.mtime_ns, row.ctime_ns, row.inode) == signature(st, now_ns):
             report.skipped += 1
             continue
         jobs.append((path, folder, row.seen_hash if row is not None and row.folder == folder else None))
@@ -534,7 +371,7 @@ def reconcile(settings: Any, db: Any, *, progress: Progress | None = None, worke
         if progress:
             progress(done, total)
 
-    for scan in _read_all(jobs, settings.max_agent_file_bytes, workers):
+    for scan in read_all(jobs, settings.max_agent_file_bytes, workers):
         report.read += 1
         pending.append(scan)
         if len(pending) >= batch:
@@ -551,6 +388,7 @@ def reconcile(settings: Any, db: Any, *, progress: Progress | None = None, worke
             _set_error(s, folder, folder, "folder_unreadable", "cannot list the folder; check its permissions "
                        "(its agents are kept as last seen)", now)
         _clear_errors(s, [f for f in folders if f not in unlistable])
+        s.execute(delete(SyncError.__table__).where(SyncError.__table__.c.folder.not_in(folders)))
         if mismatched:
             log.info("sync.reproject", names=len(mismatched))
             _resolve(s, db.backend, folders, mismatched, now, report)
@@ -615,6 +453,8 @@ def write_new_agent(folder: str | Path, text: str) -> tuple[Path, bool]:
     """
     agent = parse_agent_text(text)  # invalid text never reaches the folder
     path = agent_path(Path(folder), agent.name)
+    if path.is_symlink():
+        raise Conflict(f"{path} is a symbolic link; coord does not write through links", path=str(path))
     data = text.encode("utf-8")
     written = False
 

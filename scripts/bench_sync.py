@@ -235,7 +235,8 @@ def _scratch_pg(url: str):
     from sqlalchemy.engine import make_url
 
     name = f"coord_bench_sync_{os.getpid()}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    # pool_pre_ping: the admin connection idles through the whole benchmark and may be closed meanwhile.
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
 

@@ -150,10 +150,9 @@ class FolderWatcher:
     def _run(self) -> None:
         try:
             self._refresh_watches()
-            self._reconcile()
+            next_rescan = self._reconcile()
             self.ready.set()
-            next_poll = next_rescan = time.monotonic()
-            next_rescan += self.rescan_seconds
+            next_poll = time.monotonic()
             while not self._stop.is_set():
                 with self._cond:
                     due, wait = self._due()
@@ -167,10 +166,9 @@ class FolderWatcher:
                 if check or now >= next_poll:
                     next_poll = now + self.poll_seconds
                     if self._refresh_watches():
-                        self._reconcile()
+                        next_rescan = now  # a folder appeared, vanished or was replaced
                 if now >= next_rescan:
-                    next_rescan = now + self.rescan_seconds
-                    self._reconcile()
+                    next_rescan = self._reconcile()
         except _Stopped:
             pass
         except Exception as exc:  # the daemon sees healthy() turn False and restarts us
@@ -206,7 +204,8 @@ class FolderWatcher:
         if report.events:
             log.info("watcher.synced", files=len(paths), events=report.events, ms=round(report.seconds * 1000, 1))
 
-    def _reconcile(self) -> None:
+    def _reconcile(self) -> float:
+        """A full reconcile; returns when the next one is due (soon again if this one failed)."""
         def progress(done: int, total: int) -> None:
             if self._stop.is_set():
                 raise _Stopped  # committed batches are consistent; the next start finishes the rest
@@ -218,10 +217,11 @@ class FolderWatcher:
         except Exception as exc:
             self._failures += 1
             log.error("watcher.reconcile_failed", failures=self._failures, error=str(exc))
-            return
+            return time.monotonic() + RETRY_SECONDS
         self._failures = 0
         if report is not None:
             self.last_report = report
+        return time.monotonic() + self.rescan_seconds
 
     def _refresh_watches(self) -> bool:
         """Watch every configured folder that exists; True when one appeared, vanished or was replaced."""

@@ -34,8 +34,13 @@ def status(ctx: click.Context, state: CliState) -> None:
                       f"failed last hour {q['failed_last_hour']}")
         console.print(f"[bold]tasks[/]     {fmt(report['tasks']) if report['tasks'] else 'none'}")
         console.print(f"[bold]gaps[/]      {report['gaps']}    [bold]sync errors[/] {report['sync_errors']}")
+        if report.get("agent_folders"):
+            a = report["agent_folders"]
+            console.print(f"[bold]agents[/]    {a['files']} files in {len(a['folders'])} folders, last sync "
+                          f"{fmt(a['last_sync'])}" + (f"; bad: {', '.join(a['bad_files'])} (`coord agents errors`)"
+                                                      if a["bad_files"] else ""))
         for key in [k for k in report if k not in ("database", "queue", "tasks", "gaps", "sync_errors", "workers",
-                                                   "state_dir", "periodic")]:
+                                                   "state_dir", "periodic", "agent_folders")]:
             console.print(f"[bold]{key:9}[/] {fmt(report[key])}")
         workers = report["workers"]
         if workers:

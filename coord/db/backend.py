@@ -204,6 +204,20 @@ class PostgresBackend(Backend):
         # READ COMMITTED lets two syncers insert the same file row; one transaction-scoped lock orders them.
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext('coord.agent_sync'))"))
 
+    def insert_plain(self, session: Session, table: Table | Any, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        # COPY, on the session's own connection (so inside its transaction): ~10x less client CPU per row
+        # than executemany.
+        columns = list(rows[0])
+        cursor = session.connection().connection.driver_connection.cursor()
+        try:
+            with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(tuple(row[c] for c in columns))
+        finally:
+            cursor.close()
+
     def server_info(self, session: Session) -> dict[str, Any]:
         # Connections are the resource several worker hosts share: show them next to the server's limit.
         row = session.execute(

@@ -80,6 +80,8 @@ class AgentEmbedding(Base):
     dim: Mapped[int]
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The ranker's cache check, count + max(updated_at) per model, reads this index only (coord.matching.index).
+    __table_args__ = (Index("ix_agent_embeddings_model_updated", "model_id", "updated_at"),)
 
 
 class AgentFileState(Base):

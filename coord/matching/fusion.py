@@ -18,13 +18,13 @@ Weights (`weights_for_query`), measured with scripts/eval_matching_proto.py on s
   of a sentence ("site", "team", "people") hit many descriptions, so words only break near-ties.
 - keyword needs (1-3 content words: "Terraform modules", "Ghidra"): lexical 0.5, semantic 0.5. An
   exact term is the strongest evidence there is, and a lone rare word embeds poorly.
-Result: paraphrased top-1 66 % / top-3 78 %, keyword top-1 98 % (semantic alone: 61 / 74 / 66;
-lexical alone: 32 / 52 / 98). One pair for every need is worse: (0.1, 0.9) drops keyword top-1 to
-90 %, (0.2, 0.8) drops paraphrased top-1 to 59 %. The choice sits on a plateau (semantic 0.9-0.95 for
-sentences, 0.3-0.7 for keywords give the same figures) and 5-fold cross-validation over the grid gives
-64 % / 76 % / 98 %, so it is not fitted to single needs.
+Result: paraphrased top-1 60 % / top-3 76 %, keyword top-1 98 % (cosine alone: 59 % / 74 % / 66 %;
+lexical alone: 30 % / 50 % / 98 %). One pair for every need is worse: (0.1, 0.9) drops keyword top-1
+to 90 %, (0.2, 0.8) drops paraphrased top-1 to 55 %. The choice sits on a plateau (semantic 0.9-0.95
+for sentences, 0.3-0.7 for keywords give the same figures within one need) and 5-fold
+cross-validation over the whole grid gives 60 % / 77 % / 98 %, so it is not fitted to single needs.
 `method="rrf"` (reciprocal rank fusion, k=60) is kept for comparison: it discards score magnitudes and
-measured worse (paraphrased 62 % / 74 %, keyword top-1 96 %).
+measured worse (paraphrased 58 % / 72 %, keyword top-1 96 %).
 
 Ties are broken by agent id, so the order is deterministic.
 """
@@ -58,14 +58,14 @@ most some such only own same about up down off once here there when where why ho
 few other nor what which who whom whose get got make need needs want wants someone anyone somebody
 nobody please keep keeps help
 """
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"\w[\w+#.]*", re.UNICODE)
 
 
 def content_terms(query: str) -> list[str]:
     """The query's words that can carry expertise (lowercased, stopwords removed)."""
     words = (w.lower().strip("_").rstrip(".") for w in _WORD.findall(query or ""))
-    return [w for w in words if w and w not in _STOPWORDS]
+    return [w for w in words if w and w not in STOPWORDS]
 
 
 def weights_for_query(query: str) -> Weights:

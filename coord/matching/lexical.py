@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from coord.agentfiles import normalize_tag
 from coord.db.backend import Backend, query_words
 from coord.db.models import Agent, AgentExpertise
+from coord.matching.fusion import STOPWORDS
 from coord.registry import open_task_counts
 from coord.results import Candidate
 
@@ -25,14 +26,23 @@ LOAD_PENALTY = 0.1  # per claimed task: score / (1 + 0.1 * open tasks)
 FTS_POOL = 50
 
 
-def rank_lexical(
-    session: Session, backend: Backend, need: str, *, limit: int = 5, exclude: tuple[str, ...] = ()
-) -> list[Candidate]:
+def lexical_words(need: str) -> list[str]:
+    """The words of `need` the full-text search looks for: its content words (coord.matching.fusion's
+    stopwords dropped: "our", "make", "help" hit every description and drown the words that matter), or
+    all its words when it has nothing else ("IT", "who can help"), so no need is silently emptied."""
+    words = query_words(need)
+    return [w for w in words if w not in STOPWORDS] or words
+
+
+def lexical_scores(
+    session: Session, backend: Backend, need: str, *, exclude: tuple[str, ...] = ()
+) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Raw lexical evidence per agent (not yet filtered by status or load): (scores, why)."""
     words = query_words(need)
     phrase = normalize_tag(need)
     wanted = {w for w in words} | ({phrase} if phrase else set())
     if not wanted:
-        return []
+        return {}, {}
     scores: dict[str, float] = {}
     why: dict[str, list[str]] = {}
 
@@ -46,12 +56,17 @@ def rank_lexical(
         scores[agent_id] = scores.get(agent_id, 0.0) + weight
         why.setdefault(agent_id, []).append(f"tag:{tag}")
 
-    for agent_id, raw in backend.search(session, words, FTS_POOL):
+    for agent_id, raw in backend.search(session, lexical_words(need), FTS_POOL):
         scores[agent_id] = scores.get(agent_id, 0.0) + TEXT_WEIGHT * raw / (1.0 + raw)
         why.setdefault(agent_id, []).append("text")
 
     for agent_id in exclude:
         scores.pop(agent_id, None)
+    return scores, why
+
+
+def finish(session: Session, scores: dict[str, float], why: dict[str, list[str]], limit: int) -> list[Candidate]:
+    """Candidates from scores: active agents only, busy ones lowered, best first (ties by id)."""
     if not scores:
         return []
     active = dict(
@@ -72,3 +87,10 @@ def rank_lexical(
         key=lambda c: (-c.score, c.agent_id),
     )
     return ranked[:limit]
+
+
+def rank_lexical(
+    session: Session, backend: Backend, need: str, *, limit: int = 5, exclude: tuple[str, ...] = ()
+) -> list[Candidate]:
+    scores, why = lexical_scores(session, backend, need, exclude=exclude)
+    return finish(session, scores, why, limit)

@@ -317,15 +317,13 @@ def _pg_control() -> tuple[list[str] | None, str]:
         return None, f"PostgreSQL at {host} is not on this machine"
     if os.geteuid() != 0:
         return None, "restarting PostgreSQL needs root (pg_ctlcluster)"
-    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
+    if not shutil.which("pg_ctlcluster") or not shutil.which("pg_lsclusters"):
         return None, "pg_ctlcluster is not installed"
     port = str(make_url(PG_URL).port or 5432)
-    for version in sorted(os.listdir("/etc/postgresql")):
-        for cluster in sorted(os.listdir(f"/etc/postgresql/{version}")):
-            conf = Path(f"/etc/postgresql/{version}/{cluster}/postgresql.conf")
-            if conf.is_file() and any(line.split("#")[0].replace(" ", "") == f"port={port}"
-                                      for line in conf.read_text().splitlines()):
-                return ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster], ""
+    listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout
+    for version, cluster, cluster_port, *_rest in (line.split() for line in listing.splitlines() if line.strip()):
+        if cluster_port == port:
+            return ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster], ""
     return None, f"no local PostgreSQL cluster listens on port {port}"
 
 
@@ -333,14 +331,38 @@ def _pg_ready() -> bool:
     return _reachable_pg() is None
 
 
-def test_postgres_restart_mid_run_daemon_recovers(tmp_path: Path, pg_database: str) -> None:
+@pytest.fixture
+def restart_database() -> Any:
+    """Like conftest's pg_database, but dropped through a connection opened after the restart (a pooled
+    one from before it is dead)."""
+    from sqlalchemy import create_engine, text
+
     _skip_without_servers()
+    name = f"coord_t_{os.getpid()}_{os.urandom(4).hex()}"
+
+    def admin(sql: str) -> None:
+        engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+        try:
+            with engine.connect() as c:
+                c.execute(text(sql))
+        finally:
+            engine.dispose()
+
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_postgres_restart_mid_run_daemon_recovers(tmp_path: Path, restart_database: str) -> None:
+    pg_database = restart_database
     control, why = _pg_control()
     if control is None:
         print(f"SKIP PostgreSQL restart: {why}")
         pytest.skip(why)
     queue_url = _redis_db(REDIS_DB_RESTART)
-    n_delegations, n_agents = 1_200, 2
+    n_delegations, n_agents = 600, 2
     coord, values = _setup(tmp_path, pg_database, queue_url)
     cluster = Cluster(tmp_path / "hosts", pg_database, queue_url)
     agents = None

@@ -88,15 +88,17 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     started = time.monotonic()
     kill_at_done: list[int] = []
     worker = WorkerProcess(settings, log)
+    worker.wait_ready()
     for k in range(KILLS):
-        worker.wait_ready()
         if k < WAVES:
             _enqueue_wave(coord, waves[k])
-        time.sleep(rng.uniform(0.2, 1.5))
+        # The replacement boots (a few seconds of imports) while this worker is busy, then takes over.
+        successor = WorkerProcess(settings, log)
+        time.sleep(rng.uniform(0.2, 1.2))
         kill_at_done.append(done())
         worker.kill()
-        worker = WorkerProcess(settings, log)
-    worker.wait_ready()
+        worker = successor
+        worker.wait_ready()
     for wave in waves[KILLS:]:
         _enqueue_wave(coord, wave)
     wait_for(lambda: done() == JOBS, 120, f"all {JOBS} outbox rows done (done: {done()})", interval=0.25)

@@ -1,9 +1,10 @@
 """Approve and expire racing on the same requests from two processes (invariant 6 under concurrency).
 
-One process approves every request, oldest first, at a time inside the TTL; the other runs the periodic
-expiry, one request per transaction, at a time past the TTL, so both are entitled to every request and
-meet at the head of the queue. Afterwards every request is in exactly one final state, the proposal
-agrees with it, and an `execute` job exists for exactly the approved ones.
+The two processes move in lockstep: before each request both wait at a barrier, then one approves it
+(at a time just inside its TTL) while the other runs the periodic expiry (at a time just past that
+request's expiry, so the expiry may take that request and no later one), each after a few random
+milliseconds. Every request is thus contested by both at the same moment. Afterwards every request is in
+exactly one final state, its proposal agrees, and an `execute` job exists for exactly the approved ones.
 
 Iterations: 1,000 requests on SQLite, 300 on PostgreSQL (each PostgreSQL approval is a handful of round
 trips; 1,000 there adds ~20 s on a 2-core machine). COORD_TEST_RACE_N overrides both.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +31,15 @@ N = {"sqlite": 1_000, "postgres": 300}
 N_OVERRIDE = int(os.environ.get("COORD_TEST_RACE_N", "0"))
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 TTL = timedelta(hours=24)
+STEP = timedelta(seconds=1)  # request i expires at T0 + TTL + i * STEP
+BARRIER_TIMEOUT = 120.0
+# The expiry is one statement and an approval a few, so without a random start the expiry would nearly
+# always reach a request first; the jitter lets either side win any request.
+JITTER = 0.004
+
+
+def expires(i: int) -> datetime:
+    return T0 + TTL + i * STEP
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -37,41 +49,42 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
 
 
-def _approver(url: str, ids: list[str], ready: object, go: object) -> None:
-    from coord.approvals import approve
+def _open(url: str) -> object:
     from coord.db.engine import Database
-    from coord.errors import Conflict
     from coord.logs import configure_logging
 
     configure_logging("error")
     db = Database(url, sqlite_synchronous="NORMAL")
     db.ping()  # imports done and a connection open before the start line
-    ready.put(1)  # type: ignore[attr-defined]
-    go.wait()  # type: ignore[attr-defined]
-    for approval_id in ids:
+    return db
+
+
+def _approver(url: str, ids: list[str], barrier: object) -> None:
+    from coord.approvals import approve
+    from coord.errors import Conflict
+
+    db = _open(url)
+    for i, approval_id in enumerate(ids):
+        barrier.wait(BARRIER_TIMEOUT)  # type: ignore[attr-defined]
+        time.sleep(random.uniform(0, JITTER))
         try:
-            with db.session() as s:
-                approve(s, db.backend, approval_id, by="alice", now=T0 + timedelta(hours=1))
+            with db.session() as s:  # type: ignore[attr-defined]
+                approve(s, db.backend, approval_id, by="alice", now=expires(i) - STEP / 2)  # type: ignore[attr-defined]
         except Conflict:
             pass  # expiry won this one: the refusal is the expected answer
-    db.dispose()
+    db.dispose()  # type: ignore[attr-defined]
 
 
-def _expirer(url: str, ready: object, go: object) -> None:
+def _expirer(url: str, n: int, barrier: object) -> None:
     from coord.approvals import expire_due
-    from coord.db.engine import Database
-    from coord.logs import configure_logging
 
-    configure_logging("error")
-    db = Database(url, sqlite_synchronous="NORMAL")
-    db.ping()  # imports done and a connection open before the start line
-    ready.put(1)  # type: ignore[attr-defined]
-    go.wait()  # type: ignore[attr-defined]
-    while True:
-        with db.session() as s:
-            if expire_due(s, T0 + TTL + timedelta(hours=1), limit=1) == 0:
-                break
-    db.dispose()
+    db = _open(url)
+    for i in range(n):
+        barrier.wait(BARRIER_TIMEOUT)  # type: ignore[attr-defined]
+        time.sleep(random.uniform(0, JITTER))
+        with db.session() as s:  # type: ignore[attr-defined]
+            expire_due(s, expires(i), limit=1)
+    db.dispose()  # type: ignore[attr-defined]
 
 
 def _seed(db: object, n: int) -> list[str]:
@@ -83,8 +96,7 @@ def _seed(db: object, n: int) -> list[str]:
                               dedupe_key=f"race:{i}", created_at=T0, updated_at=T0))
         approvals.append(dict(id=aid, proposal_id=pid, action="create_agent", details={},
                               requested_by="coordination-system", safety_score=0.9, reason="race",
-                              status="pending", created_at=T0 + timedelta(microseconds=i),
-                              expires_at=T0 + TTL + timedelta(microseconds=i)))
+                              status="pending", created_at=T0, expires_at=expires(i)))
     with db.session() as s:  # type: ignore[attr-defined]
         s.execute(insert(Proposal), proposals)
         s.execute(insert(Approval), approvals)
@@ -97,16 +109,13 @@ def test_approve_and_expire_race(tmp_path: Path, db_url: str) -> None:
     db = open_database(make_settings(tmp_path, db_url, sqlite_synchronous="NORMAL"))
     ids = _seed(db, n)
     ctx = multiprocessing.get_context("spawn")
-    ready, go = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_approver, args=(db_url, ids, ready, go)),
-             ctx.Process(target=_expirer, args=(db_url, ready, go))]
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_approver, args=(db_url, ids, barrier)),
+             ctx.Process(target=_expirer, args=(db_url, n, barrier))]
     for p in procs:
         p.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    go.set()
     for p in procs:
-        p.join(240)
+        p.join(600)
     assert [p.exitcode for p in procs] == [0, 0]
 
     with db.reader() as s:
@@ -123,5 +132,5 @@ def test_approve_and_expire_race(tmp_path: Path, db_url: str) -> None:
         assert executes[a.proposal_id] == (1 if a.status == "approved" else 0)
         assert decisions[a.id] == 1  # one decision each, never two
         assert a.decided_by == ("alice" if a.status == "approved" else "expiry")
-    # Both sides won some: the race was real, not one process finishing before the other started.
+    # Both sides won some: each request really was contested.
     assert outcome["approved"] > 0 and outcome["expired"] > 0, outcome

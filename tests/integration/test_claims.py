@@ -74,6 +74,7 @@ def _bulk_tasks(c: Coordinator, n: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes on a loaded 2-core machine; a hang still fails
 def test_every_task_is_claimed_exactly_once_by_concurrent_processes(coordinator: Coordinator, settings: Settings):
     _register(coordinator)
     ids = _bulk_tasks(coordinator, N_TASKS)

@@ -69,6 +69,7 @@ def _state(c: Coordinator) -> tuple[dict[tuple[str, str], int], int, list[str], 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes on a loaded 2-core machine; a hang still fails
 def test_concurrent_reports_count_exactly(coordinator: Coordinator, settings: Settings):
     coordinator.register_agent(REPORTER, "Reports what it lacks", expertise=["reporting"])
     elapsed = _run(settings)

@@ -155,7 +155,8 @@ def test_mcp_install_writes_a_pinned_entry_with_secret_references_and_rolls_back
         assert install.details["required_secrets"] == ["HELLO_API_KEY"]
         assert InstallDesk(settings, c.db).show(install.id)["required_secrets"] == ["HELLO_API_KEY"]
         # The backup of the user's file went to coord's state dir, not into the project.
-        assert sorted(p.name for p in project.iterdir()) == [".mcp.json", ".mcp.json.lock"]
+        # (only the config and our hidden sidecar lock stand in the project)
+        assert sorted(p.name for p in project.iterdir()) == ["..mcp.json.lock", ".mcp.json"]
         (change,) = [ch for ch in install.changes if ch["type"] == "config"]
         assert change["action"] == "added" and Path(change["backup"]).is_relative_to(settings.state_dir / "backups")
 

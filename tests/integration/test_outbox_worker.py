@@ -69,7 +69,7 @@ def test_reconcile_rings_lost_bells_but_not_a_backlog_or_a_running_job(coord: Co
     rows = _rows(coord)
     now = utcnow() + timedelta(seconds=5)
     with coord.db.session() as s:  # r1 is running: taken under a lease
-        lease = now + timedelta(seconds=60)
+        lease = now + timedelta(seconds=600)
         s.execute(update(OutboxJob).where(OutboxJob.ref_id == "r1").values(attempts=1, next_attempt_at=lease))
     with coord.db.session() as s:
         assert reconcile(s, coord.db.backend, coord.settings, now, queued=500)["ring"] == []  # backlog: wait

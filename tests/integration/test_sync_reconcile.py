@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, child_env, make_settings
 from sqlalchemy import func, select
 
-from coord import sync
+from coord import agentscan, sync
 from coord.agentfiles import AgentFileError, read_agent_file
 from coord.client import Coordinator
 from coord.db import open_database
@@ -171,13 +171,14 @@ BAD = {  # file name -> (bytes, reason)
     "nofront.md": (b"# just markdown\n", "missing_frontmatter"),
     "binary.md": (b"---\nname: bin\x00ary\ndescription: x\n---\n", "binary"),
     "latin1.md": ("---\nname: latin\ndescription: caf\xe9\n---\n".encode("latin-1"), "not_utf8"),
-    "huge.md": (b"---\nname: huge\ndescription: big\n---\n" + b"x" * 3000, "too_large"),
+    "huge.md": (b"---\nname: huge\ndescription: big\n---\n" + b"x" * 70_000, "too_large"),
+    "longdesc.md": (b"---\nname: longdesc\ndescription: " + b"d" * 25_000 + b"\n---\n", "invalid_field"),
 }
 
 
 def test_bad_files_are_reported_never_erase_and_heal(tmp_path, db_url, dirs):
     project, _ = dirs
-    settings = make_settings(tmp_path, db_url, agent_dirs=[str(d) for d in dirs], max_agent_file_bytes=2048)
+    settings = make_settings(tmp_path, db_url, agent_dirs=[str(d) for d in dirs], max_agent_file_bytes=65536)
     db = open_database(settings)
     try:
         # Each bad file first held a good definition of agent "good-<stem>".
@@ -373,8 +374,8 @@ def test_sigkill_mid_sync_then_restart_agrees(tmp_path, db_url, dirs):
 
 
 def test_parser_processes_give_the_same_scans_and_fall_back_when_they_cannot_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(sync, "POOL_MIN_FILES", 10)
-    monkeypatch.setattr(sync, "POOL_CHUNK", 7)
+    monkeypatch.setattr(agentscan, "POOL_MIN_FILES", 10)
+    monkeypatch.setattr(agentscan, "POOL_CHUNK", 7)
     folder = tmp_path / "many"
     folder.mkdir()
     generate(folder, 60, seed=5)
@@ -382,8 +383,49 @@ def test_parser_processes_give_the_same_scans_and_fall_back_when_they_cannot_sta
     for path in folder.iterdir():  # old files: their stat no longer depends on when they are read
         os.utime(path, (time.time() - 60, time.time() - 60))
     jobs = [(str(p), str(folder), None) for p in sorted(folder.glob("*.md"))]
-    inline = list(sync._read_all(jobs, 65536, workers=1))
-    assert list(sync._read_all(jobs, 65536, workers=3)) == inline
+    inline = list(agentscan.read_all(jobs, 65536, workers=1))
+    assert list(agentscan.read_all(jobs, 65536, workers=2)) == inline
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    assert list(sync._read_all(jobs, 65536, workers=2)) == inline
+    assert list(agentscan.read_all(jobs, 65536, workers=2)) == inline
     assert sum(1 for scan in inline if scan.error) == 1
+
+
+def test_cli_sync_errors_and_status(tmp_path, db_url, dirs):
+    from click.testing import CliRunner
+
+    from coord.cli.main import cli
+
+    project, user = dirs
+    (project / "ok.md").write_text(agent_md("ok-agent", "Fine"))
+    (user / "broken.md").write_text("---\nname: broken\ndescription: [oops\n---\n")
+    env = {"COORD_STATE_DIR": str(tmp_path / "cli"), "COORD_DATABASE_URL": db_url,
+           "COORD_AGENT_DIRS": f"{project},{user}"}
+    runner = CliRunner()
+    synced = runner.invoke(cli, ["agents", "sync"], env=env)
+    assert synced.exit_code == 0, synced.output
+    assert "2 agent files in 2 folders: 1 registered" in synced.output and "1 files have problems" in synced.output
+    listed = runner.invoke(cli, ["--json", "agents", "errors"], env=env)
+    assert listed.exit_code == 0 and '"reason": "invalid_yaml"' in listed.output and "broken.md" in listed.output
+    status = runner.invoke(cli, ["--json", "status"], env=env)
+    assert '"sync_errors": 1' in status.output and '"files": 2' in status.output
+    (user / "broken.md").write_text(agent_md("broken", "Repaired"))
+    again = runner.invoke(cli, ["--json", "agents", "sync"], env=env)
+    assert '"registered": 1' in again.output and '"errors": 0' in again.output
+    assert "no problems" in runner.invoke(cli, ["agents", "errors"], env=env).output
+    empty = runner.invoke(cli, ["agents", "sync"], env={**env, "COORD_AGENT_DIRS": ""})
+    assert empty.exit_code == 78 and "no agent folders configured" in empty.output
+
+
+def test_sync_parse_matches_the_round_trip_parse_and_cannot_be_written_back(tmp_path):
+    from coord.agentfiles import parse_agent_text, render_agent
+    from coord.errors import InvalidInput
+
+    generate(tmp_path, 30, seed=6)
+    for path in [*FIXTURES.glob("*.md"), *tmp_path.glob("*.md")]:
+        text = path.read_text(encoding="utf-8")
+        full, fast = parse_agent_text(text, path), parse_agent_text(text, path, roundtrip=False)
+        fields = ("name", "description", "tools", "model", "mcp_servers", "expertise", "expertise_declared",
+                  "color", "extra", "body", "content_hash")
+        assert {f: getattr(fast, f) for f in fields} == {f: getattr(full, f) for f in fields}, path.name
+        with pytest.raises(InvalidInput):
+            render_agent(fast)  # would re-create the file and lose its layout (invariant 5)

