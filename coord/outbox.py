@@ -174,7 +174,8 @@ def run_batch(
 
     Same guarantees as `run_job` (the take is committed before any handler runs, so a crash is counted),
     two transactions per batch instead of two per job. Only rows never tried before (`attempts == 0`)
-    of a `batchable` kind join a batch, in one transaction with a savepoint each; anything else,
+    of a `batchable` kind join a batch, run in one transaction (again with a savepoint per job if one of
+    them raised, so a failure stays with its job); anything else,
     including every retry and every row whose worker died, runs alone through `run_job`, so a poison
     job is isolated after its first try.
     """
@@ -197,23 +198,44 @@ def run_batch(
         outcome, follow_ups = run_job(db, outbox_id, handlers, ctx, now=now, lease=lease)
         return [outcome], follow_ups
 
+    try:
+        outcomes, follow_ups = _run_taken(db, taken, job, handlers[job], ctx, now, isolate=False)
+    except Exception as exc:
+        # Some handler raised: nothing of the batch was committed. Again, one savepoint per job, so the
+        # failure stays with its job (the rows are still ours: the take's lease runs).
+        log.info("jobs.batch_retry_isolated", job=job, batch=len(taken), error=f"{type(exc).__name__}: {exc}"[:300])
+        outcomes, follow_ups = _run_taken(db, taken, job, handlers[job], ctx, now, isolate=True)
+    log.info("jobs.done", job=job, batch=len(taken), done=sum(o.status == "done" for o in outcomes))
+    return outcomes, follow_ups
+
+
+def _run_taken(db: Any, taken: list[str], job: str, handler: Any, ctx: Any, now: Callable[[], datetime], *,
+               isolate: bool) -> tuple[list[JobOutcome], list[str]]:
+    """Run taken rows in one transaction; `isolate`: a savepoint per job (else any error aborts the batch)."""
     outcomes: list[JobOutcome] = []
     follow_ups: list[str] = []
     with db.session() as s:
         rows = {r.id: r for r in s.scalars(select(OutboxJob).where(OutboxJob.id.in_(taken)))}
+        done: list[str] = []
         for row_id in taken:
             row = rows[row_id]
             with bound(outbox_id=row_id, job=job, ref_id=row.ref_id, attempt=row.attempts):
-                try:
-                    with s.begin_nested():  # one job's failure rolls back that job only
-                        more = handlers[job](s, row, ctx) or []
-                        row.status, row.finished_at, row.last_error = "done", now(), None
-                except Exception as exc:
-                    outcomes.append(_settle_error(row, exc, now()))
-                    continue
+                if isolate:
+                    try:
+                        with s.begin_nested():
+                            more = handler(s, row, ctx) or []
+                    except Exception as exc:
+                        outcomes.append(_settle_error(row, exc, now()))
+                        continue
+                else:
+                    more = handler(s, row, ctx) or []
             follow_ups.extend(more)
+            done.append(row_id)
             outcomes.append(JobOutcome(row_id, "done", row.attempts))
-    log.info("jobs.done", job=job, batch=len(taken), done=sum(o.status == "done" for o in outcomes))
+        if done:
+            s.execute(update(OutboxJob).where(OutboxJob.id.in_(done))
+                      .values(status="done", finished_at=now(), last_error=None)
+                      .execution_options(synchronize_session=False))
     return outcomes, follow_ups
 
 

@@ -20,7 +20,8 @@ from coord.settings import load_settings
 
 
 def _settings(state: Path):
-    return load_settings(overrides={"state_dir": str(state), "dispatch": "inline", "log_level": "warning"}, env={}).settings
+    overrides = {"state_dir": str(state), "dispatch": "inline", "log_level": "warning"}
+    return load_settings(overrides=overrides, env={}).settings
 
 
 def raw_transactions(path: Path, n: int, synchronous: str) -> float:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POLL = (0.005, 1.3, 0.5)  # the worker's defaults: initial delay, backoff, idle poll (worker/daemon.py)
+POLL = (0.002, 1.1, 0.1)  # the worker's defaults: initial delay, backoff, idle poll (worker/daemon.py)
 
 
 # --- bare Huey ----------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def _bare_huey(folder: Path, doorbell: bool):
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")
         con.execute("BEGIN IMMEDIATE")
-        con.execute("INSERT INTO done (i) VALUES (?)", (i,))
+        con.execute("INSERT INTO done (i, at) VALUES (?, ?)", (i, time.time()))
         con.execute("COMMIT")
 
     return huey, insert
@@ -80,28 +80,38 @@ def _wait_count(path: Path, sql: str, n: int, timeout: float = 300) -> float:
     raise SystemExit(f"timed out waiting for {n} rows in {path}")
 
 
-def bare_rate(n: int, doorbell: bool) -> float:
+def bare_rate(n: int, doorbell: bool, drain: bool = False) -> float:
+    """Pipeline rate; with `drain`, the n tasks are queued first and the rate is the consumer's alone
+    (first to last INSERT)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         con = sqlite3.connect(folder / "bare.db", isolation_level=None)
         con.execute("PRAGMA journal_mode=WAL")
-        con.execute("CREATE TABLE done (id INTEGER PRIMARY KEY, i INTEGER)")
+        con.execute("CREATE TABLE done (id INTEGER PRIMARY KEY, i INTEGER, at REAL)")
         con.close()
         _, insert = _bare_huey(folder, doorbell)
+        if drain:
+            for i in range(n):
+                insert(i)
         proc = subprocess.Popen([sys.executable, __file__, "--bare-consumer", str(folder)]
                                 + (["--doorbell"] if doorbell else []), env=_env(folder))
         try:
             while not (folder / "ready").exists():
                 time.sleep(0.01)
-            time.sleep(0.3)
-            start = time.perf_counter()
-            for i in range(n):
-                insert(i)
+            if not drain:
+                time.sleep(0.3)
+                start = time.perf_counter()
+                for i in range(n):
+                    insert(i)
             end = _wait_count(folder / "bare.db", "SELECT count(*) FROM done", n)
+            if drain:
+                con = sqlite3.connect(folder / "bare.db")
+                first, last = con.execute("SELECT min(at), max(at) FROM done").fetchone()
+                con.close()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        return n / (end - start)
+        return (n - 1) / (last - first) if drain else n / (end - start)
 
 
 # --- coord --------------------------------------------------------------------------------------------
@@ -115,7 +125,7 @@ def _env(state: Path, synchronous: str = "FULL") -> dict[str, str]:
 class Worker:
     """`coord worker` on a fresh state dir, with default settings."""
 
-    def __init__(self, state: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, state: Path, synchronous: str = "FULL", start: bool = True) -> None:
         from coord.client import Coordinator
         from coord.settings import load_settings
 
@@ -126,6 +136,13 @@ class Worker:
         self.coord.register_agent("producer", "delegates work")
         for i in range(4):
             self.coord.register_agent(f"target-{i}", "receives work")
+        self.synchronous = synchronous
+        self.db = state / "coord.db"
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        state, synchronous = self.state, self.synchronous
         self.log = open(state / "worker.log", "w")  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "coord.cli", "worker"], env=_env(state, synchronous),
                                      stderr=self.log)
@@ -158,9 +175,29 @@ def coord_rate(n: int) -> float:
         return n / (end - start)
 
 
-def coord_latency(rate: float, seconds: float, synchronous: str = "FULL") -> tuple[list[float], list[float]]:
-    """(delegate() -> inbox row visible, delegate() call alone), in ms, sorted. Open loop: two producer
-    threads take turns on a fixed schedule, so one slow call does not hold back the next."""
+def coord_drain(n: int) -> float:
+    """The worker alone: n delegations queued before it starts; rate from its first to its last inbox row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        w = Worker(Path(tmp), start=False)
+        for i in range(n):
+            w.delegate(i)
+        w.start()
+        try:
+            _wait_count(w.db, "SELECT count(*) FROM inbox", n)
+            con = sqlite3.connect(w.db)
+            (span,) = con.execute(
+                "SELECT (julianday(max(created_at)) - julianday(min(created_at))) * 86400.0 FROM inbox"
+            ).fetchone()
+            con.close()
+        finally:
+            assert w.stop() == 0
+        return (n - 1) / span
+
+
+def coord_latency(rate: float, seconds: float, synchronous: str = "FULL",
+                  producers: int = 1) -> tuple[list[float], list[float]]:
+    """(delegate() -> inbox row visible, delegate() call alone), in ms, sorted. Producer threads take turns
+    on a fixed schedule (one agent delegating `rate` times a second, by default)."""
     with tempfile.TemporaryDirectory() as tmp:
         w = Worker(Path(tmp), synchronous)
         sent: dict[str, float] = {}
@@ -184,7 +221,7 @@ def coord_latency(rate: float, seconds: float, synchronous: str = "FULL") -> tup
         start = time.perf_counter() + 0.1
 
         def produce(k: int) -> None:
-            for i in range(k, total, 2):
+            for i in range(k, total, producers):
                 delay = start + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
@@ -195,10 +232,10 @@ def coord_latency(rate: float, seconds: float, synchronous: str = "FULL") -> tup
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         try:
-            producers = [threading.Thread(target=produce, args=(k,)) for k in range(2)]
-            for t in producers:
+            threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
+            for t in threads:
                 t.start()
-            for t in producers:
+            for t in threads:
                 t.join()
             deadline = time.monotonic() + 30
             while len(seen) < total and time.monotonic() < deadline:
@@ -238,16 +275,27 @@ def main() -> None:
         rates["bare Huey (stock queue)"].append(bare_rate(args.n, doorbell=False))
         rates["bare Huey (doorbell queue)"].append(bare_rate(args.n, doorbell=True))
         rates["coord"].append(coord_rate(args.n))
+    rates["bare Huey (stock queue), consumer alone"] = []
+    rates["bare Huey (doorbell queue), consumer alone"] = []
+    rates["coord worker alone"] = []
+    for _ in range(args.rounds):
+        rates["bare Huey (stock queue), consumer alone"].append(bare_rate(args.n, doorbell=False, drain=True))
+        rates["bare Huey (doorbell queue), consumer alone"].append(bare_rate(args.n, doorbell=True, drain=True))
+        rates["coord worker alone"].append(coord_drain(args.n))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{'pipeline':32} {'items/s (median)':>17}   runs")
+    print(f"{'':44} {'items/s (median)':>17}   runs")
     for k, v in rates.items():
-        print(f"{k:32} {med[k]:17.0f}   {', '.join(f'{x:.0f}' for x in v)}")
+        print(f"{k:44} {med[k]:17.0f}   {', '.join(f'{x:.0f}' for x in v)}")
+    print("\nend to end (producer enqueues while the consumer runs):")
     for k in ("bare Huey (stock queue)", "bare Huey (doorbell queue)"):
-        print(f"coord / {k}: {med['coord'] / med[k]:.2f}x (goal >= 0.5x)")
-    for synchronous in ("FULL", "NORMAL"):
-        lat, calls = coord_latency(args.rate, args.seconds, synchronous)
-        print(f"\nlatency, {len(lat)} delegations at {args.rate:g}/s, sqlite_synchronous={synchronous}"
-              f"{' (the default)' if synchronous == 'FULL' else ''}:\n"
+        print(f"  coord / {k}: {med['coord'] / med[k]:.2f}x (goal >= 0.5x)")
+    print("consumer alone (queue filled first):")
+    for k in ("bare Huey (stock queue)", "bare Huey (doorbell queue)"):
+        print(f"  coord worker / {k}: {med['coord worker alone'] / med[k + ', consumer alone']:.2f}x")
+    for synchronous, producers in (("FULL", 1), ("FULL", 2), ("NORMAL", 1)):
+        lat, calls = coord_latency(args.rate, args.seconds, synchronous, producers)
+        print(f"\nlatency, {len(lat)} delegations at {args.rate:g}/s from {producers} producer thread(s), "
+              f"sqlite_synchronous={synchronous}{' (the default)' if synchronous == 'FULL' else ''}:\n"
               f"  delegate() -> inbox row visible: p50 {pct(lat, 50):.1f} ms, p90 {pct(lat, 90):.1f} ms, "
               f"p99 {pct(lat, 99):.1f} ms, max {lat[-1]:.1f} ms (goal p99 < 50 ms)\n"
               f"  the delegate() call alone:       p50 {pct(calls, 50):.1f} ms, p90 {pct(calls, 90):.1f} ms, "

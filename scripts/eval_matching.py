@@ -12,8 +12,9 @@ queued are run by the real job handler, and each need is ranked by coord.matchin
 - hybrid: `rank_agents(matching="auto")`, what collaboration requests and delegation fall-backs use.
 
 QUERIES.tsv: `need<TAB>acceptable agent names (comma-separated)[<TAB>paraphrase|keyword]` per line
-(default kind: paraphrase); `#` starts a comment line. A need counts for top-1 when an acceptable agent
-ranks first, for top-3 when one is among the first three.
+(default kind: paraphrase); `#` starts a comment line, and a first line `need<TAB>...` is a header.
+A need counts for top-1 when an acceptable agent ranks first, for top-3 when one is among the first
+three.
 
 Exits 2 when the folder or the file is missing; without the `semantic` extra only the lexical column
 is measured (the reason is printed).
@@ -41,9 +42,9 @@ def load_queries(path: Path) -> list[tuple[str, set[str], str]]:
         parts = line.split("\t")
         if len(parts) < 2:
             raise SystemExit(f"{path}:{n}: expected need<TAB>agent names[<TAB>kind], got {line[:60]!r}")
-        kind = parts[2].strip() if len(parts) > 2 and parts[2].strip() else "paraphrase"
-        if kind not in KINDS[:2]:
-            raise SystemExit(f"{path}:{n}: kind must be paraphrase or keyword, not {kind!r}")
+        if n == 1 and parts[0].strip().lower() in ("need", "query", "needs", "queries"):
+            continue  # a header line
+        kind = "keyword" if len(parts) > 2 and parts[2].strip().lower().startswith("key") else "paraphrase"
         out.append((parts[0].strip(), {a.strip() for a in parts[1].split(",") if a.strip()}, kind))
     return out
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from coord.logs import configure_logging
 
     configure_logging("warning", "console")
+    from sqlalchemy import select
+
     from coord import sync
     from coord.db import open_database
     from coord.db.models import OutboxJob
@@ -101,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     from coord.outbox import run_job
     from coord.settings import load_settings
     from coord.states import JOB_EMBED
-    from sqlalchemy import select
 
     with tempfile.TemporaryDirectory(prefix="coord-eval-") as tmp:
         folders = agent_folders(args.agent_dir.resolve())
@@ -128,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             with db.reader() as s:
                 jobs = list(s.scalars(select(OutboxJob.id).where(OutboxJob.job == JOB_EMBED,
                                                                  OutboxJob.status == "pending")))
-            for job_id in jobs:  # the worker's path: the real handler, through the outbox
-                outcome, _ = run_job(db, job_id, HANDLERS, JobContext(settings, db))
+            while jobs:  # the worker's path: the real handler through the outbox, follow-up jobs included
+                job_id = jobs.pop(0)
+                outcome, follow_ups = run_job(db, job_id, HANDLERS, JobContext(settings, db))
                 if outcome.status != "done":
                     raise SystemExit(f"embed job {job_id} ended {outcome.status}: {outcome.error}")
+                jobs += follow_ups
             print(f"embedded {len(known)} agents ({embedder.model_id}) in {time.perf_counter() - t0:.1f} s wall, "
                   f"{time.process_time() - c0:.1f} s CPU")
 

@@ -15,7 +15,8 @@ from rich.table import Table
 from coord.errors import CoordError
 
 console = Console(highlight=False, soft_wrap=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: an error line is never broken mid-word (people copy paths out of it; programs grep it).
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _jsonable(value: Any) -> Any:

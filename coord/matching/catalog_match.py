@@ -1,12 +1,13 @@
 """Catalog entries found by what a gap describes, when its name matches no entry's name.
 
-An agent reports a missing capability in its own words: "postgres database access", "take screenshots
-of web pages". Name lookups (exact, alias, difflib; coord.catalog) find typos of a name, not a
-description. Here the gap is embedded and compared with each entry's name + description; the best
-entry counts as a match only when it is close enough (CATALOG_MIN_COSINE) and clearly ahead of the
-runner-up (CATALOG_MARGIN): "database access" alone is as close to sqlite as to postgres and matches
-neither. A match is marked `how="semantic"` so its proposal's confidence says how it was found
-(coord.confidence), and it goes through the policy like any other.
+An agent reports a missing capability in its own words: "postgres database access", "search the
+web". Name lookups (exact, alias, difflib; coord.catalog) find typos of a name, not a description; a
+gap named without spaces is a name, and only those lookups see it (`is_description`). A phrase is
+embedded and compared with each entry's name + description; the best entry counts as a match only
+when it is close enough (CATALOG_MIN_COSINE) and clearly ahead of the runner-up (CATALOG_MARGIN):
+"database access" alone is as close to sqlite as to postgres and matches neither. A match is marked
+`how="semantic"` so its proposal's confidence says how it was found (coord.confidence), and it goes
+through the policy like any other.
 
 Entry vectors are cached per process by (model, text): catalogs are small (tens of entries) and are
 re-loaded for every proposal job, and embedding one costs ~10 ms.
@@ -69,6 +70,13 @@ def rank_entries(entries: list[Any], query: str, settings: Any, *, short: Any = 
     return [(entries[i], float(cosines[i])) for i in order]
 
 
+def is_description(query: str) -> bool:
+    """A gap named with spaces ("postgres database access") describes what is missing; one without
+    ("postgrez-db", "ruff") names it, and names are matched by name (exact, alias, difflib) only: a
+    misspelt name is a suggestion for a person, never an install found by meaning."""
+    return isinstance(query, str) and len(query.split()) > 1
+
+
 def _best(ranked: list[tuple[Any, float]], query: str) -> Match | None:
     if not ranked:
         return None
@@ -80,14 +88,18 @@ def _best(ranked: list[tuple[Any, float]], query: str) -> Match | None:
 
 
 def semantic_tool(catalog: Catalog, query: str, settings: Any) -> Match | None:
-    """The tool entry `query` describes, or None (no clear winner, lexical mode, no extra)."""
+    """The tool entry `query` describes, or None (a name, no clear winner, lexical mode, no extra)."""
+    if not is_description(query):
+        return None
     return _best(rank_entries(list(catalog.tools.values()), query, settings), query)
 
 
 def semantic_mcp(catalog: Catalog, query: str, settings: Any) -> Match | None:
-    """The MCP server entry `query` describes, or None (no clear winner, lexical mode, no extra)."""
+    """The MCP server entry `query` describes, or None (a name, no clear winner, lexical mode, no extra)."""
+    if not is_description(query):
+        return None
     ranked = rank_entries(list(catalog.mcp_servers.values()), query, settings, short=lambda e: e.short_name)
     return _best(ranked, query)
 
 
-__all__ = ["CATALOG_MARGIN", "CATALOG_MIN_COSINE", "rank_entries", "semantic_mcp", "semantic_tool"]
+__all__ = ["CATALOG_MARGIN", "CATALOG_MIN_COSINE", "is_description", "rank_entries", "semantic_mcp", "semantic_tool"]

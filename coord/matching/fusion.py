@@ -12,19 +12,19 @@ Inputs are two candidate lists of `(agent_id, score)`, higher is better, in any 
 from a list gets 0 from it; pass the cosine of every lexical candidate too when you can (it is one
 row of the matrix product you already computed).
 
-Weights (`weights_for_query`), measured with scripts/eval_matching_proto.py on scripts/eval-queries.tsv
-(93 paraphrased + 50 keyword needs over 202 agents):
+Weights (`weights_for_query`), measured with `scripts/eval-matching` on scripts/eval-queries.tsv (93
+paraphrased + 50 keyword needs over the 202 agents of the public wshobson collection), through coord's
+own sync, embed job and rankers:
 - natural-language needs (more than 3 content words): lexical 0.1, semantic 0.9. Incidental words
   of a sentence ("site", "team", "people") hit many descriptions, so words only break near-ties.
 - keyword needs (1-3 content words: "Terraform modules", "Ghidra"): lexical 0.5, semantic 0.5. An
   exact term is the strongest evidence there is, and a lone rare word embeds poorly.
-Result: paraphrased top-1 60 % / top-3 76 %, keyword top-1 98 % (cosine alone: 59 % / 74 % / 66 %;
-lexical alone: 30 % / 50 % / 98 %). One pair for every need is worse: (0.1, 0.9) drops keyword top-1
-to 90 %, (0.2, 0.8) drops paraphrased top-1 to 55 %. The choice sits on a plateau (semantic 0.9-0.95
-for sentences, 0.3-0.7 for keywords give the same figures within one need) and 5-fold
-cross-validation over the whole grid gives 60 % / 77 % / 98 %, so it is not fitted to single needs.
+Result: paraphrased top-1 61 % / top-3 74 %, keyword top-1 98 % (cosine alone: 61 % / 74 % / 76 %;
+lexical alone: 31 % / 44 % / 94 %). Sentence weights (0.2, 0.8) drop paraphrased top-1 to 50 %, (0.3,
+0.7) to 43 %; keyword weights anywhere from (0.3, 0.7) to (0.7, 0.3) give the same figures. The first
+measurements (a stand-alone prototype, 5-fold cross-validated over the grid) chose the same pair.
 `method="rrf"` (reciprocal rank fusion, k=60) is kept for comparison: it discards score magnitudes and
-measured worse (paraphrased 58 % / 72 %, keyword top-1 96 %).
+measured worse in the prototype (paraphrased 58 % / 72 %, keyword top-1 96 %).
 
 Ties are broken by agent id, so the order is deterministic.
 """
@@ -68,10 +68,14 @@ def content_terms(query: str) -> list[str]:
     return [w for w in words if w and w not in STOPWORDS]
 
 
+def is_keyword_need(query: str) -> bool:
+    """1-3 content words ("Terraform modules"), as opposed to a sentence."""
+    return 0 < len(content_terms(query)) <= KEYWORD_MAX_TERMS
+
+
 def weights_for_query(query: str) -> Weights:
     """KEYWORD_WEIGHTS for a short keyword need, SENTENCE_WEIGHTS for a sentence (see module doc)."""
-    n = len(content_terms(query))
-    return KEYWORD_WEIGHTS if 0 < n <= KEYWORD_MAX_TERMS else SENTENCE_WEIGHTS
+    return KEYWORD_WEIGHTS if is_keyword_need(query) else SENTENCE_WEIGHTS
 
 
 def _best_per_id(items: Iterable[tuple[str, float]]) -> dict[str, float]:

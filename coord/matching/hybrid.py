@@ -11,7 +11,8 @@ One request in hybrid mode (`rank_agents`):
 2. the need embedded (~6 ms on one core) and scored against the cached matrix of agent vectors
    (coord.matching.index.VECTORS; one index-only query checks it is current);
 3. the best POOL agents by cosine plus the cosine of every lexical candidate, fused (coord.matching.fusion,
-   its weights chosen by the need's length); a candidate with no lexical evidence must reach MIN_COSINE;
+   its weights chosen by the need's length); a candidate with no lexical evidence must reach MIN_COSINE
+   (SHORT_NEED_MIN_COSINE for a need of one or two content words);
 4. active agents only, busy ones lowered (lexical.finish), best `limit` first.
 Agents without a vector yet (just registered, model busy) still rank through their lexical evidence.
 A need without a content word ("%", "the", "' OR '1'='1") is not embedded: lexical ranking alone answers it.
@@ -37,14 +38,24 @@ POOL = 50  # semantic candidates taken before fusion (the lexical side brings up
 # A candidate found by meaning alone must be at least this close to the need. MiniLM cosines are low in
 # absolute terms: on scripts/eval-queries.tsv the right agent's cosine has a median of 0.38 and a 10th
 # percentile of 0.23, while needs nobody in the collection serves ("banana bread recipe", "knitting a
-# sweater") top out at 0.15-0.21. Below the floor a need with no lexical evidence gets no candidate,
-# which is what makes `no_expert_available` (and its gap) still happen.
-MIN_COSINE = 0.22
-# `similar_exists` for a proposed agent: an existing agent this close (agent text against agent text)
-# already covers it. Measured between the 202 agents of the public collection: pairs above 0.8 are
-# the same role twice ("ui-designer" / "ui-ux-designer" 0.85, "debugger" / "error-detective" 0.82);
-# 0.75-0.8 holds distinct neighbours ("c4-container" / "c4-context" 0.76).
-SIMILAR_AGENT_COSINE = 0.8
+# sweater") top out at 0.15-0.21. Hybrid top-3 on paraphrased needs by floor: none or 0.2 75 %,
+# 0.25 71 %, 0.3 70 %. Below the floor a need with no lexical evidence gets no candidate, which is
+# what still lets `no_expert_available` (and its gap) happen. It cannot separate every unrelated need
+# from every right answer (the two ranges overlap): a need nobody serves may get a weak candidate.
+MIN_COSINE = 0.2
+# Higher floors for needs of one or two content words. Short texts embed poorly: lone words unrelated
+# to every agent reach 0.35-0.38 against the public collection ("plumbing", "wedding planning"), and
+# "blockchain" reaches 0.22 against three agents that know nothing of it (the seed's example, which must
+# end in `no_expert_available`). An exact term is the lexical ranking's job: on the evaluation set these
+# floors change no result. Three words already make a sentence ("our emails keep landing in spam").
+SHORT_NEED_MIN_COSINE = {1: 0.45, 2: 0.35}
+# `similar_exists` for a proposed agent: an existing agent this close (agent text against agent text,
+# names and tags included) already covers it. The same description reworded under another name and
+# other tags scores 0.78. Between the 202 agents of the public collection, pairs above 0.8 are the same
+# role twice ("ui-designer" / "ui-ux-designer" 0.85); 0.75-0.8 are overlapping roles ("cloud-architect"
+# / "terraform-specialist" 0.80, "deployment-engineer" / "kubernetes-architect" 0.76), which is what
+# `use_existing_or_enhance` is for; distinct neighbours sit lower ("sql-pro" / "database-architect" 0.73).
+SIMILAR_AGENT_COSINE = 0.75
 MAX_SIMILAR = 5
 
 Ranker = Callable[..., list[Candidate]]
@@ -96,7 +107,8 @@ def rank_agents(
     if not vectors.ids:  # nothing embedded yet (a fresh registry, the first embed job still running)
         return finish(session, scores, why, limit)
     cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
-    semantic = _semantic_pool(vectors, cosines, exclude, MIN_COSINE)
+    floor = SHORT_NEED_MIN_COSINE.get(len(content_terms(need)), MIN_COSINE)
+    semantic = _semantic_pool(vectors, cosines, exclude, floor)
     pooled = {a for a, _ in semantic}
     semantic += [(a, float(cosines[vectors.row_of[a]])) for a in scores if a not in pooled and a in vectors.row_of]
     for agent_id, cosine in semantic:
@@ -176,6 +188,6 @@ def describe_mode(session: Session | None, settings: Any) -> str:
 
 
 __all__ = [
-    "MIN_COSINE", "POOL", "SIMILAR_AGENT_COSINE", "describe_mode", "rank_agents", "rank_semantic", "ranker_for",
-    "semantic_embedder", "semantic_wanted", "similar_agents",
+    "MIN_COSINE", "POOL", "SHORT_NEED_MIN_COSINE", "SIMILAR_AGENT_COSINE", "describe_mode", "rank_agents",
+    "rank_semantic", "ranker_for", "semantic_embedder", "semantic_wanted", "similar_agents",
 ]

@@ -26,7 +26,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +43,10 @@ from coord.states import JOB_EMBED
 
 log = get_logger(__name__)
 
-EMBED_BATCH = 64  # agents per model call and per write transaction (~1.5 s of CPU at ~25 ms an agent)
+EMBED_BATCH = 32  # agents per model call and per write transaction (~1-2 s of CPU)
+# One job stops after this share of its outbox lease and queues its successor: a first sync of 10,000
+# agents is minutes of CPU, and a job still running when its lease ends would be started again.
+JOB_LEASE_SHARE = 0.3
 IN_CHUNK = 500  # ids per IN (...) list
 _RING = "coord.embed_jobs"  # session.info key: embed jobs to ring once the transaction commits
 
@@ -85,6 +88,8 @@ def on_agents_changed(session: Session, backend: Any, docs: list[tuple[str, str,
         wanted_hash = case({a: wanted[a] for a in chunk}, value=AgentEmbedding.agent_id, else_="")
         session.execute(delete(AgentEmbedding).where(AgentEmbedding.agent_id.in_(chunk),
                                                      AgentEmbedding.text_hash != wanted_hash))
+    if stale:
+        VECTORS.expire()
     if all(wanted[a] in stored.get(a, ()) for a in wanted):
         return None
     job_id = enqueue_embed(session, backend, now=now)
@@ -101,6 +106,7 @@ def on_agents_removed(session: Session, agent_ids: list[str]) -> None:
     """Removed agents keep no vectors: the matrix holds active agents only (re-embedded if restored)."""
     for chunk in _chunks(list(agent_ids)):
         session.execute(delete(AgentEmbedding).where(AgentEmbedding.agent_id.in_(chunk)))
+    VECTORS.expire()
 
 
 def enqueue_embed(session: Session, backend: Any, *, now: datetime) -> str:
@@ -152,18 +158,21 @@ def _texts(session: Session, agent_ids: list[str]) -> dict[str, tuple[str, list[
 class EmbedReport:
     embedded: int = 0
     skipped: int = 0  # changed or removed while their vector was computed (a later job takes them)
+    more: bool = False  # stopped at its time budget with agents left
     seconds: float = 0.0
     cpu_seconds: float = 0.0
 
 
-def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int = EMBED_BATCH,
+def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, budget_s: float | None = None,
                   now: Any = utcnow) -> EmbedReport:
-    """Embed every active agent without a vector for `embedder.model_id`; returns what was done.
+    """Embed every active agent without a vector for `embedder.model_id` (or as many as `budget_s` seconds
+    allow: `more` then says agents are left); returns what was done.
 
     Never holds a transaction while the model runs. Agents are walked in id order and each is tried at
     most once per call, so an agent that keeps changing cannot keep the job busy.
     """
     report = EmbedReport()
+    batch = batch or EMBED_BATCH
     t0, c0 = time.perf_counter(), time.process_time()
     after: str | None = None
     upsert = db.backend.insert(AgentEmbedding.__table__)
@@ -171,12 +180,19 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int = EMBED_BATCH,
         index_elements=["agent_id", "model_id"],
         set_={c: upsert.excluded[c] for c in ("text_hash", "dim", "vector", "updated_at")},
     )
+    batches = 0
     while True:
+        # At least one batch per call, so a successor job always makes progress.
+        if batches and budget_s is not None and time.perf_counter() - t0 > budget_s:
+            with db.reader() as s:
+                report.more = bool(_missing(s, embedder.model_id, 1, after))
+            break
         with db.reader() as s:
             ids = _missing(s, embedder.model_id, batch, after)
             texts = _texts(s, ids) if ids else {}
         if not ids:
             break
+        batches += 1
         after = ids[-1]
         names = list(texts)
         if not names:
@@ -196,6 +212,7 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int = EMBED_BATCH,
             if rows:  # an upsert: two workers embedding the same agent both succeed
                 s.execute(upsert, rows)
             report.embedded += len(rows)
+        VECTORS.expire()  # committed: this process's next ranking reads the new rows
     report.seconds = time.perf_counter() - t0
     report.cpu_seconds = time.process_time() - c0
     return report
@@ -209,10 +226,14 @@ def run_embed_job(db: Any, outbox_id: str, ctx: Any) -> list[str]:
     if embedder is None:
         log.info("embed.skipped", reason="lexical matching (setting, or the semantic extra is not installed)")
         return []
-    report = embed_pending(db, embedder)
+    lease = float(getattr(ctx.settings, "outbox_lease_seconds", 60.0))
+    report = embed_pending(db, embedder, budget_s=lease * JOB_LEASE_SHARE)
     log.info("embed.done", embedded=report.embedded, skipped=report.skipped, seconds=round(report.seconds, 2),
-             cpu_seconds=round(report.cpu_seconds, 2), model_id=embedder.model_id)
-    return []
+             cpu_seconds=round(report.cpu_seconds, 2), model_id=embedder.model_id, more=report.more)
+    if not report.more:
+        return []
+    with db.session() as s:  # the rest in a successor job, rung by whoever ran this one
+        return [enqueue_embed(s, db.backend, now=utcnow())]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,18 +282,29 @@ def coverage(session: Session, model_id: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Vectors:
-    version: tuple[int, Any]
+    version: tuple[int, Any]  # (row count, latest updated_at) of the model's rows when loaded
     ids: list[str]
     row_of: dict[str, int]
     matrix: Any  # np.ndarray (n, dim), L2-normalized rows
+    checked: float = 0.0  # time.monotonic() of the last version check
+
+
+# How often a process asks the database whether vectors changed (the check costs ~1-3 ms at 10,000
+# agents). Within this window a request uses the matrix it has: a vector another process made a moment
+# ago ranks a moment later (the agent ranks lexically meanwhile), and a removed agent is still dropped by
+# the status check of every ranking. Changes made by this process are seen at once (`expire`).
+CHECK_INTERVAL_S = 1.0
 
 
 class VectorCache:
-    """The model's vectors of one database, reloaded only when (count, max(updated_at)) changes.
+    """The model's vectors of one database, kept in memory and refreshed when (count, max(updated_at))
+    of the model's rows changes.
 
-    Every change goes through a delete or an insert with a fresh `updated_at`, so the pair moves on
+    Every change of the rows is a delete or an insert with a fresh `updated_at`, so the pair moves on
     every change: a delete lowers the count, a (re-)insert raises the latest timestamp. The check is one
-    query on the (model_id, updated_at) index. Shared by the threads of a process.
+    query on the (model_id, updated_at) index, made at most every CHECK_INTERVAL_S. New and re-embedded
+    rows are read incrementally (those newer than the cached latest); when the counts then disagree
+    (a row was deleted) the whole matrix is read again. Shared by the threads of a process.
     """
 
     def __init__(self) -> None:
@@ -280,26 +312,66 @@ class VectorCache:
         self._entries: dict[tuple[str, str], Vectors] = {}
 
     def get(self, session: Session, model_id: str, dim: int) -> Vectors:
-        bind = session.get_bind()
-        key = (bind.engine.url.render_as_string(hide_password=True), model_id)
+        key = (session.get_bind().engine.url.render_as_string(hide_password=True), model_id)
+        cached = self._entries.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached.checked < CHECK_INTERVAL_S:
+            return cached
         count, latest = session.execute(
             select(func.count(), func.max(AgentEmbedding.updated_at)).where(AgentEmbedding.model_id == model_id)
         ).one()
         version = (int(count or 0), latest)
-        cached = self._entries.get(key)
+        fresh = None
         if cached is not None and cached.version == version:
-            return cached
-        rows = session.execute(
-            select(AgentEmbedding.agent_id, AgentEmbedding.vector)
-            .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
-            .order_by(AgentEmbedding.agent_id)
-        ).all()
-        ids = [r[0] for r in rows]
-        fresh = Vectors(version, ids, {a: i for i, a in enumerate(ids)},
-                        emb.stack_from_bytes([bytes(r[1]) for r in rows], dim))
+            fresh = replace(cached, checked=now)
+        elif cached is not None and cached.version[1] is not None and latest is not None:
+            fresh = self._merged(session, cached, model_id, dim, version, now)
+        if fresh is None:
+            rows = session.execute(
+                select(AgentEmbedding.agent_id, AgentEmbedding.vector)
+                .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
+                .order_by(AgentEmbedding.agent_id)
+            ).all()
+            ids = [r[0] for r in rows]
+            fresh = Vectors(version, ids, {a: i for i, a in enumerate(ids)},
+                            emb.stack_from_bytes([bytes(r[1]) for r in rows], dim), now)
         with self._lock:
             self._entries[key] = fresh
         return fresh
+
+    @staticmethod
+    def _merged(session: Session, cached: Vectors, model_id: str, dim: int, version: tuple[int, Any],
+                now: float) -> Vectors | None:
+        """`cached` plus the rows written since it was read, or None when that does not add up."""
+        rows = session.execute(
+            select(AgentEmbedding.agent_id, AgentEmbedding.vector)
+            .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim,
+                   AgentEmbedding.updated_at > cached.version[1])
+        ).all()
+        ids, row_of = list(cached.ids), dict(cached.row_of)
+        replaced, added = [], []
+        for agent_id, blob in rows:
+            if agent_id in row_of:
+                replaced.append((row_of[agent_id], bytes(blob)))
+            else:
+                row_of[agent_id] = len(ids)
+                ids.append(agent_id)
+                added.append(bytes(blob))
+        if len(ids) != version[0]:
+            return None  # rows were deleted too: read everything
+        matrix = cached.matrix.copy() if replaced else cached.matrix
+        for i, blob in replaced:
+            matrix[i] = emb.from_bytes(blob, dim)
+        if added:
+            import numpy as np
+
+            matrix = np.concatenate([matrix, emb.stack_from_bytes(added, dim)])
+        return Vectors(version, ids, row_of, matrix, now)
+
+    def expire(self) -> None:
+        """Check the database at the next request: this process just changed vectors (tests, inline jobs)."""
+        with self._lock:
+            self._entries = {k: replace(v, checked=0.0) for k, v in self._entries.items()}
 
     def clear(self) -> None:
         with self._lock:

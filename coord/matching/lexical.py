@@ -7,7 +7,7 @@ removed agents never appear. User text is split into words and never used as a p
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from coord.agentfiles import normalize_tag
@@ -24,6 +24,8 @@ WORD_TAG = 1.0
 TEXT_WEIGHT = 1.0
 LOAD_PENALTY = 0.1  # per claimed task: score / (1 + 0.1 * open tasks)
 FTS_POOL = 50
+TAG_POOL = 200  # agents kept from the tag match (see lexical_scores)
+FINISH_POOL = 50  # best scores looked up for status and load (see finish)
 
 
 def lexical_words(need: str) -> list[str]:
@@ -37,38 +39,48 @@ def lexical_words(need: str) -> list[str]:
 def lexical_scores(
     session: Session, backend: Backend, need: str, *, exclude: tuple[str, ...] = ()
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Raw lexical evidence per agent (not yet filtered by status or load): (scores, why)."""
+    """Raw lexical evidence per agent (not yet lowered by load): (scores, why), for at most about
+    TAG_POOL + FTS_POOL agents. A common tag ("api", "security") can be held by thousands of agents in a
+    large registry: only the TAG_POOL agents with the most tag weight are kept, ties by id."""
     words = query_words(need)
     phrase = normalize_tag(need)
     wanted = {w for w in words} | ({phrase} if phrase else set())
     if not wanted:
         return {}, {}
+    text = {a: raw for a, raw in backend.search(session, lexical_words(need), FTS_POOL) if a not in exclude}
+    weight = case((AgentExpertise.tag == (phrase or ""), PHRASE_TAG), else_=WORD_TAG)
+    tagged = select(AgentExpertise.agent_id).join(Agent, Agent.id == AgentExpertise.agent_id).where(
+        AgentExpertise.tag.in_(wanted), Agent.status == "active")
+    if exclude:
+        tagged = tagged.where(AgentExpertise.agent_id.not_in(list(exclude)))
+    best = session.scalars(tagged.group_by(AgentExpertise.agent_id)
+                           .order_by(func.sum(weight).desc(), AgentExpertise.agent_id).limit(TAG_POOL)).all()
     scores: dict[str, float] = {}
     why: dict[str, list[str]] = {}
-
-    tag_rows = session.execute(
-        select(AgentExpertise.agent_id, AgentExpertise.tag)
-        .join(Agent, Agent.id == AgentExpertise.agent_id)
-        .where(AgentExpertise.tag.in_(wanted), Agent.status == "active")
-    ).all()
-    for agent_id, tag in tag_rows:
-        weight = PHRASE_TAG if tag == phrase else WORD_TAG
-        scores[agent_id] = scores.get(agent_id, 0.0) + weight
-        why.setdefault(agent_id, []).append(f"tag:{tag}")
-
-    for agent_id, raw in backend.search(session, lexical_words(need), FTS_POOL):
+    ids = list(dict.fromkeys([*best, *text]))
+    if ids:  # the exact tag evidence of every kept agent, the text matches' included
+        for agent_id, tag in session.execute(
+            select(AgentExpertise.agent_id, AgentExpertise.tag)
+            .where(AgentExpertise.agent_id.in_(ids), AgentExpertise.tag.in_(wanted))
+            .order_by(AgentExpertise.agent_id, AgentExpertise.tag)
+        ):
+            scores[agent_id] = scores.get(agent_id, 0.0) + (PHRASE_TAG if tag == phrase else WORD_TAG)
+            why.setdefault(agent_id, []).append(f"tag:{tag}")
+    for agent_id, raw in text.items():
         scores[agent_id] = scores.get(agent_id, 0.0) + TEXT_WEIGHT * raw / (1.0 + raw)
         why.setdefault(agent_id, []).append("text")
-
-    for agent_id in exclude:
-        scores.pop(agent_id, None)
     return scores, why
 
 
 def finish(session: Session, scores: dict[str, float], why: dict[str, list[str]], limit: int) -> list[Candidate]:
-    """Candidates from scores: active agents only, busy ones lowered, best first (ties by id)."""
+    """Candidates from scores: active agents only, busy ones lowered, best first (ties by id).
+
+    Only the FINISH_POOL best scores are looked up: the load penalty and a removal can only lower an
+    agent, so one further down could only reach the top `limit` if most of the pool were busy or gone.
+    """
     if not scores:
         return []
+    scores = dict(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:max(FINISH_POOL, 4 * limit)])
     active = dict(
         session.execute(select(Agent.id, Agent.description).where(Agent.id.in_(scores), Agent.status == "active")).all()
     )

@@ -35,7 +35,7 @@ from coord.db.models import InboxMessage, OutboxJob, Task, WorkerHeartbeat
 from coord.errors import LeaseLost, Unavailable
 from coord.settings import load_settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.serial]
 
 BOSS, TARGET = "boss-agent", "worker-agent"
 # Redis database numbers of their own (other suites use 15): flushed before and after, never others.

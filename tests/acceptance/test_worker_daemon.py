@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import child_env, make_settings
 from sqlalchemy import func, select
-from worker_proc import WorkerProcess, read_events, wait_for
+from worker_proc import WorkerProcess, _no_worker_left_behind, read_events, wait_for  # noqa: F401 -- fixture
 
 from coord.client import Coordinator
 from coord.clock import utcnow

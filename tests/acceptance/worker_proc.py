@@ -12,9 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import REPO, child_env
 
 HERE = Path(__file__).resolve().parent
+_started: list[WorkerProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    """A failed test must not leave daemons running: kill whatever this test started and is still alive."""
+    yield
+    while _started:
+        worker = _started.pop()
+        if worker.alive():
+            worker.kill()
 
 
 def worker_env(settings: Any, **extra: str) -> dict[str, str]:
@@ -42,7 +54,7 @@ class WorkerProcess:
         self._log = open(log, "ab")  # noqa: SIM115 -- closed by wait()
         self.proc = subprocess.Popen([sys.executable, "-m", "coord.cli", "worker", *args],
                                      env=worker_env(settings, **env), stdout=self._log, stderr=self._log)
-        self.start_offset = log.stat().st_size if log.exists() else 0
+        _started.append(self)
 
     @property
     def pid(self) -> int:
@@ -76,7 +88,8 @@ class WorkerProcess:
         try:
             return self.proc.wait(timeout)
         finally:
-            self._log.close()
+            if self.proc.poll() is not None:
+                self._log.close()
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -8,6 +8,7 @@ still in flight).
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,9 +46,12 @@ def _agents(c: Coordinator) -> None:
 
 
 @pytest.fixture
-def c(coordinator: Coordinator) -> Coordinator:
+def c(settings: Settings) -> Iterator[Coordinator]:
+    # Ranked by words alone: these tests are about ids, and must not move when semantic ranking does.
+    coordinator = Coordinator(settings.model_copy(update={"matching": "lexical"}))
     _agents(coordinator)
-    return coordinator
+    yield coordinator
+    coordinator.close()
 
 
 def test_delegation_replay_makes_one_task_one_notification_one_job(c: Coordinator):
@@ -151,7 +155,8 @@ def _replayer(values: dict[str, Any]) -> int:
 
 @pytest.mark.slow
 def test_concurrent_replays_change_nothing(c: Coordinator, settings: Settings):
-    values = {"state_dir": str(settings.state_dir), "database_url": settings.db_url, "dispatch": "inline"}
+    values = {"state_dir": str(settings.state_dir), "database_url": settings.db_url, "dispatch": "inline",
+              "matching": "lexical"}
     with multiprocessing.get_context("spawn").Pool(N_PROCS) as pool:
         assert pool.map(_replayer, [values] * N_PROCS) == [N_IDS] * N_PROCS
 

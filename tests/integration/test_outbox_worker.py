@@ -24,6 +24,8 @@ def coord(tmp_path: Path, db_url: str) -> Any:
     c = Coordinator(make_settings(tmp_path, db_url, dispatch="queue", reconcile_interval_seconds=1), bell=SilentBell())
     c.register_agent("sender", "delegates")
     c.register_agent("receiver", "receives")
+    with c.db.session() as s:  # the registrations' `embed` jobs (coord.matching.index) are not these tests' rows
+        s.execute(update(OutboxJob).where(OutboxJob.job == "embed").values(status="done"))
     yield c
     c.close()
 
@@ -45,7 +47,8 @@ def test_one_bell_runs_a_batch_of_fresh_rows_and_the_other_bells_are_no_ops(coor
         return []
 
     outcomes, _ = run_batch(coord.db, outbox["t4"], {JOB_DISPATCH: handler}, None, batchable=frozenset({JOB_DISPATCH}))
-    assert calls == ids  # oldest first, all in one batch
+    # Oldest first, all in one batch; t2's error aborted the first pass, then each ran in a savepoint of its own.
+    assert calls[-len(ids):] == ids
     assert {o.outbox_id: o.status for o in outcomes}[outbox["t2"]] == "retry"
     assert sum(o.status == "done" for o in outcomes) == 4
     rows = _rows(coord)

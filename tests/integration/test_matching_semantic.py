@@ -1,0 +1,307 @@
+"""Hybrid matching mechanics on both engines, with a small deterministic embedder standing in for the model:
+vectors are made by the `embed` outbox job, keyed by text hash (never recomputed for an unchanged agent),
+dropped for removed agents, cached per process; a missing extra falls back to lexical ranking.
+
+The model's quality (a need that shares no word with the agent) is in test_matching_semantic_model.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_settings
+from sqlalchemy import func, select
+
+from coord import status, sync
+from coord.client import Coordinator
+from coord.db.models import AgentEmbedding, OutboxJob
+from coord.errors import SettingsError
+from coord.jobs import HANDLERS, JobContext
+from coord.matching import embedder as emb
+from coord.matching import hybrid, index
+from coord.matching.fusion import STOPWORDS
+from coord.outbox import run_job
+from coord.periodic import JOBS
+from coord.settings import load_settings
+from coord.states import JOB_EMBED
+
+DIM = 64
+# Words the fake model treats as one meaning, so "meaning without shared words" is testable without the model.
+SYNONYMS = {"blind": "accessible", "screen": "accessible", "wcag": "accessible", "spam": "deliverability",
+            "inbox": "deliverability", "dkim": "deliverability"}
+
+
+class FakeEmbedder:
+    """Bag of content words (synonyms folded) hashed into DIM buckets, L2-normalized; records every text."""
+
+    model_id = "fake-bag-of-words"
+    dim = DIM
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                if word in STOPWORDS:
+                    continue
+                word = SYNONYMS.get(word, word)
+                out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % DIM] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1.0)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeEmbedder:
+    model = FakeEmbedder()
+    monkeypatch.setattr(emb, "load_embedder", lambda: model)
+    monkeypatch.setattr(emb, "installed_model_id", lambda: model.model_id)
+    return model
+
+
+@pytest.fixture
+def c(coordinator: Coordinator, fake: FakeEmbedder) -> Coordinator:
+    coordinator.register_agent("requester", "Asks others for help", expertise=["asking"])
+    coordinator.register_agent("a11y-auditor", "Checks screen readers, WCAG and contrast", expertise=["wcag"])
+    coordinator.register_agent("mail-doctor", "Fixes DKIM records and inbox placement", expertise=["dkim"])
+    coordinator.register_agent("k8s-operator", "Deploys services to clusters", expertise=["kubernetes"])
+    return coordinator
+
+
+def ids(candidates) -> list[str]:
+    return [x.agent_id for x in candidates]
+
+
+def vectors(c: Coordinator) -> dict[str, str]:
+    with c.db.reader() as s:
+        return dict(s.execute(select(AgentEmbedding.agent_id, AgentEmbedding.text_hash)).all())
+
+
+def segments(c: Coordinator, name: str) -> list[str]:
+    agent = c.get_agent(name)
+    return emb.agent_segments(name, agent.description, sorted(agent.expertise))
+
+
+def pending_embed_jobs(c: Coordinator) -> list[str]:
+    with c.db.reader() as s:
+        return list(s.scalars(select(OutboxJob.id).where(OutboxJob.job == JOB_EMBED, OutboxJob.status == "pending")))
+
+
+def run_embed_jobs(c: Coordinator) -> int:
+    jobs = pending_embed_jobs(c)
+    for job_id in jobs:
+        outcome, _ = run_job(c.db, job_id, HANDLERS, JobContext(c.settings, c.db))
+        assert outcome.status == "done", outcome
+    return len(jobs)
+
+
+def test_registration_embeds_through_the_outbox_and_ranking_uses_meaning(c: Coordinator, fake: FakeEmbedder):
+    assert set(vectors(c)) == {"requester", "a11y-auditor", "mail-doctor", "k8s-operator"}
+    assert pending_embed_jobs(c) == []  # the inline bell ran them after each commit
+    need = "make our site usable for blind people"
+    assert c.find_experts(need)[0].agent_id == "a11y-auditor"
+    lexical = hybrid.rank_agents
+    with c.db.reader() as s:
+        assert "a11y-auditor" not in ids(lexical(s, c.db.backend, need, matching="lexical"))
+    top = c.request_collaboration("requester", "our emails keep landing in spam").candidates[0]
+    assert top.agent_id == "mail-doctor" and any(w.startswith("semantic:") for w in top.why)
+
+
+def test_unchanged_agents_are_never_embedded_again(c: Coordinator, fake: FakeEmbedder):
+    before, texts = vectors(c), len(fake.texts)
+    c.register_agent("k8s-operator", "Deploys services to clusters", expertise=["kubernetes"])  # same text
+    c.register_agent("k8s-operator", "Deploys services to clusters", expertise=["kubernetes"],
+                     tools=["Bash"])  # the row changes, the embedded text does not
+    assert pending_embed_jobs(c) == [] and len(fake.texts) == texts and vectors(c) == before
+    c.register_agent("k8s-operator", "Deploys services to clusters and tunes autoscaling", expertise=["kubernetes"])
+    after = vectors(c)
+    assert after["k8s-operator"] != before["k8s-operator"]
+    assert {a: h for a, h in after.items() if a != "k8s-operator"} == {
+        a: h for a, h in before.items() if a != "k8s-operator"}
+    assert fake.texts[texts:] == segments(c, "k8s-operator")  # that agent's text, and nothing else
+
+
+def test_folder_sync_embeds_once_and_only_changed_files(tmp_path: Path, db_url: str, fake: FakeEmbedder):
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"agent-{i}.md").write_text(
+            f"---\nname: agent-{i}\ndescription: Handles topic {i} and its chores.\n---\nBody {i}\n")
+    settings = make_settings(tmp_path, db_url, agent_dirs=[str(folder)], log_level="warning")
+    c = Coordinator(settings)
+    try:
+        sync.reconcile(settings, c.db)
+        assert len(pending_embed_jobs(c)) == 1  # one job for the whole sync, whatever its batches
+        assert run_embed_jobs(c) == 1 and len(vectors(c)) == 12
+        calls = len(fake.texts)
+        sync.reconcile(settings, c.db)  # nothing changed on disk
+        (folder / "agent-3.md").write_text(  # bytes change, the embedded text does not
+            "---\nname: agent-3\ndescription: Handles topic 3 and its chores.\ntools: Read\n---\nNew body\n")
+        sync.reconcile(settings, c.db)
+        assert pending_embed_jobs(c) == [] and len(fake.texts) == calls
+        (folder / "agent-5.md").write_text("---\nname: agent-5\ndescription: Now does billing.\n---\nBody\n")
+        sync.reconcile(settings, c.db)
+        assert run_embed_jobs(c) == 1
+        assert fake.texts[calls:] == segments(c, "agent-5")
+        (folder / "agent-7.md").unlink()
+        sync.reconcile(settings, c.db)
+        assert "agent-7" not in vectors(c) and pending_embed_jobs(c) == []
+    finally:
+        c.close()
+
+
+def test_a_removed_agent_never_matches(c: Coordinator, fake: FakeEmbedder):
+    need = "screen readers for blind visitors"
+    assert c.find_experts(need)[0].agent_id == "a11y-auditor"  # the matrix is now cached in this process
+    assert c.remove_agent("a11y-auditor")
+    assert "a11y-auditor" not in vectors(c)
+    assert "a11y-auditor" not in ids(c.find_experts(need))
+    assert "a11y-auditor" not in ids(c.request_collaboration("requester", need).candidates)
+    fallback = c.delegate("requester", "wcag-wizard", {"title": need}).fallback
+    assert "a11y-auditor" not in ids(fallback)
+    # Even a vector left behind (a cache a moment old, a row written by a late job) cannot bring it back.
+    with c.db.session() as s:
+        s.add(AgentEmbedding(agent_id="a11y-auditor", model_id=fake.model_id, text_hash="x", dim=DIM,
+                             vector=emb.to_bytes(fake.embed([need])[0])))
+    assert "a11y-auditor" not in ids(c.find_experts(need))
+    c.register_agent("a11y-auditor", "Checks screen readers, WCAG and contrast", expertise=["wcag"])
+    assert c.find_experts(need)[0].agent_id == "a11y-auditor"
+
+
+def test_agents_without_a_vector_yet_rank_lexically(c: Coordinator, fake: FakeEmbedder, monkeypatch):
+    monkeypatch.setattr(c, "_ring", lambda ids: None)  # the worker has not run the embed job yet
+    c.register_agent("helm-smith", "Writes Helm charts for kubernetes", expertise=["helm"])
+    assert "helm-smith" not in vectors(c)
+    assert "helm-smith" in ids(c.find_experts("helm charts"))
+    run_embed_jobs(c)
+    assert "helm-smith" in vectors(c)
+    assert c.find_experts("helm charts")[0].agent_id == "helm-smith"
+
+
+def test_needs_without_content_words_behave(c: Coordinator, fake: FakeEmbedder):
+    before = len(fake.texts)
+    for need in ["%", "the", "' OR '1'='1", "?!", "42"]:
+        assert c.find_experts(need) == [], need
+    # Only stopwords: not embedded, and the full-text search keeps them rather than searching for nothing.
+    assert ids(c.find_experts("who can help")) == ["requester"]
+    assert len(fake.texts) == before  # none of these needs was embedded
+
+
+def test_the_cache_reloads_when_vectors_change(c: Coordinator, fake: FakeEmbedder):
+    index.VECTORS.clear()
+    with c.db.reader() as s:
+        first = index.VECTORS.get(s, fake.model_id, DIM)
+        assert index.VECTORS.get(s, fake.model_id, DIM) is first  # unchanged: no reload
+    c.register_agent("dns-keeper", "Keeps DKIM and SPF records right", expertise=["dns"])
+    with c.db.reader() as s:
+        second = index.VECTORS.get(s, fake.model_id, DIM)
+    assert second is not first and "dns-keeper" in second.ids
+    c.remove_agent("dns-keeper")
+    with c.db.reader() as s:
+        third = index.VECTORS.get(s, fake.model_id, DIM)
+    assert "dns-keeper" not in third.ids and len(third.ids) == third.matrix.shape[0] == 4
+
+
+def test_the_cache_sees_other_processes_within_its_check_interval(c: Coordinator, fake: FakeEmbedder, monkeypatch):
+    monkeypatch.setattr(index, "CHECK_INTERVAL_S", 3600.0)
+    with c.db.reader() as s:
+        before = index.VECTORS.get(s, fake.model_id, DIM)
+    new_vec = fake.embed(["kubernetes operators everywhere"])[0]
+    with c.db.session() as s:  # another process re-embeds one agent: no expire() in this one
+        s.execute(AgentEmbedding.__table__.update().where(AgentEmbedding.agent_id == "k8s-operator")
+                  .values(vector=emb.to_bytes(new_vec), updated_at=c.now()))
+    with c.db.reader() as s:
+        assert index.VECTORS.get(s, fake.model_id, DIM) is before  # inside the interval: no query
+    monkeypatch.setattr(index, "CHECK_INTERVAL_S", 0.0)
+    with c.db.reader() as s:
+        after = index.VECTORS.get(s, fake.model_id, DIM)
+    assert after.ids == before.ids  # read incrementally: the one changed row replaced in place
+    assert np.allclose(after.matrix[after.row_of["k8s-operator"]], new_vec)
+    others = [i for a, i in before.row_of.items() if a != "k8s-operator"]
+    assert np.array_equal(after.matrix[others], before.matrix[others])
+
+
+def test_backfill_enqueues_once_for_agents_without_vectors(c: Coordinator, fake: FakeEmbedder):
+    with c.db.session() as s:
+        s.execute(AgentEmbedding.__table__.delete())  # e.g. the extra was installed after the agents came
+    job = JOBS["embed_backfill"]
+    with c.db.session() as s:
+        first = job.run(s, c.db.backend, c.settings, c.now())
+    assert first["missing"] == 4 and len(first["ring"]) == 1
+    with c.db.session() as s:
+        again = job.run(s, c.db.backend, c.settings, c.now())
+    assert "ring" not in again and again["pending_job"] == first["ring"][0]
+    c.bell.ring(first["ring"])
+    assert len(vectors(c)) == 4
+    with c.db.session() as s:
+        assert job.run(s, c.db.backend, c.settings, c.now()) == {"missing": 0}
+
+
+def test_status_names_the_mode(c: Coordinator, fake: FakeEmbedder, monkeypatch):
+    report = status.collect(c.settings, c.db)
+    assert report["matching"] == f"hybrid (model {fake.model_id}, 4/4 agents embedded)"
+    lexical = c.settings.model_copy(update={"matching": "lexical"})
+    assert status.collect(lexical, c.db)["matching"] == "lexical (setting matching='lexical')"
+    monkeypatch.setattr(emb, "installed_model_id", lambda: None)
+    assert status.collect(c.settings, c.db)["matching"].startswith("lexical (semantic extra not installed")
+
+
+def test_without_the_extra_everything_is_lexical(tmp_path: Path, db_url: str, monkeypatch):
+    emb.reset_embedder()
+    monkeypatch.setattr(emb, "load_embedder", lambda: None)  # what it returns when the extra is missing
+    monkeypatch.setattr(emb, "installed_model_id", lambda: None)
+    c = Coordinator(make_settings(tmp_path, db_url))
+    try:
+        c.register_agent("requester", "Asks others for help", expertise=["asking"])
+        c.register_agent("k8s-operator", "Deploys services to clusters", expertise=["kubernetes"])
+        assert run_embed_jobs(c) == 0 and vectors(c) == {}  # the job ran (inline) and stored nothing
+        found = c.find_experts("kubernetes clusters")
+        assert ids(found) == ["k8s-operator"] and not any(w.startswith("semantic") for w in found[0].why)
+        assert c.request_collaboration("requester", "make our site usable for blind people").status == \
+            "no_expert_available"
+        assert status.collect(c.settings, c.db)["matching"].startswith("lexical (semantic extra not installed")
+    finally:
+        c.close()
+    with pytest.raises(SettingsError, match="hybrid matching needs the 'semantic' extra"):
+        load_settings(overrides={"state_dir": str(tmp_path), "matching": "hybrid"}, env={})
+    with pytest.raises(SettingsError, match="semantic"):  # and if the model breaks after start
+        hybrid.semantic_embedder("hybrid")
+
+
+def test_lexical_setting_never_loads_the_model(tmp_path: Path, db_url: str, monkeypatch):
+    def boom():
+        raise AssertionError("matching='lexical' must not load the model")
+
+    monkeypatch.setattr(emb, "load_embedder", boom)
+    c = Coordinator(make_settings(tmp_path, db_url, matching="lexical"))
+    try:
+        c.register_agent("k8s-operator", "Deploys services to clusters", expertise=["kubernetes"])
+        assert ids(c.find_experts("kubernetes")) == ["k8s-operator"]
+        assert c.delegate("k8s-operator", "helm-wizard", {"title": "kubernetes charts"}).status == "agent_not_found"
+        with c.db.reader() as s:
+            assert s.scalar(select(func.count()).select_from(AgentEmbedding)) == 0
+    finally:
+        c.close()
+
+
+def test_a_long_embed_job_hands_the_rest_to_a_successor(c: Coordinator, fake: FakeEmbedder, monkeypatch):
+    monkeypatch.setattr(c, "_ring", lambda ids: None)
+    for i in range(5):
+        c.register_agent(f"bulk-{i}", f"Handles bulk chore number {i}", expertise=["bulk"])
+    monkeypatch.setattr(index, "EMBED_BATCH", 2)
+    monkeypatch.setattr(index, "JOB_LEASE_SHARE", 0.0)  # the budget is spent after the first batch
+    [job] = pending_embed_jobs(c)
+    ran = []
+    queue = [job]
+    while queue:  # what the worker does with a job's follow-ups
+        outcome, follow_ups = run_job(c.db, queue.pop(0), HANDLERS, JobContext(c.settings, c.db))
+        assert outcome.status == "done"
+        ran.append(outcome.outbox_id)
+        queue += follow_ups
+    assert len(ran) == 3 and all(f"bulk-{i}" in vectors(c) for i in range(5))  # 2 + 2 + 1 agents
