@@ -9,6 +9,7 @@ unless --keep is given.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -21,11 +22,10 @@ from pathlib import Path
 from rich.console import Console
 
 from coord import Coordinator, load_settings
-from coord.agentfiles import read_agent_file
 from coord.logs import configure_logging
 
 ROOT = Path(__file__).resolve().parents[1]
-console = Console(highlight=False)
+console = Console(highlight=False, width=110)
 
 
 def step(title: str) -> None:
@@ -37,9 +37,14 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the state dir and print its path")
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="coord-demo-"))
+    os.environ["COORD_DEMO_STATE"] = str(state_dir)
     configure_logging("warning", "console")
-    settings = load_settings(overrides={"state_dir": str(state_dir), "dispatch": "queue"}, env={}).settings
-    worker = start_worker(state_dir)  # starts while this process opens the database: both take a while
+    agents_dir = state_dir / "agents"  # the folder the worker watches, like a project's .claude/agents/
+    shutil.copytree(ROOT / "examples" / "agents", agents_dir)
+    settings = load_settings(
+        overrides={"state_dir": str(state_dir), "dispatch": "queue", "agent_dirs": [str(agents_dir)]}, env={}
+    ).settings
+    worker = start_worker(state_dir, agents_dir)  # starts while this process opens the database: both take a while
     try:
         with Coordinator(settings) as coord:
             wait_ready(coord, worker, state_dir)
@@ -58,11 +63,12 @@ def main() -> int:
     return 0
 
 
-def start_worker(state_dir: Path) -> subprocess.Popen:
+def start_worker(state_dir: Path, agents_dir: Path) -> subprocess.Popen:
     """`coord worker` on the demo's state dir."""
     step("start the worker daemon (`coord worker`)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORD_")}
     env.update(COORD_STATE_DIR=str(state_dir), COORD_LOG_LEVEL="warning", COORD_RECONCILE_INTERVAL_SECONDS="1",
+               COORD_AGENT_DIRS=str(agents_dir),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     with open(state_dir / "worker.log", "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "coord.cli", "worker"], env=env, stdout=log, stderr=log)
@@ -103,13 +109,11 @@ def wait_idle(coord: Coordinator, timeout: float = 10.0) -> None:
 
 
 def play(coord: Coordinator) -> None:
-    step("register the example agents from examples/agents/")
-    for path in sorted((ROOT / "examples" / "agents").glob("*.md")):
-        agent = read_agent_file(path)
-        info = coord.register_agent(
-            agent.name, agent.description, expertise=agent.expertise, tools=agent.tools,
-            mcp_servers=agent.mcp_servers, model=agent.model,
-        )
+    step("the worker's folder watcher registers the agent files (copied from examples/agents/)")
+    deadline = time.monotonic() + 30
+    while len(coord.list_agents()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for info in coord.list_agents():
         console.print(f"  {info.id:16} expertise: {', '.join(info.expertise[:5])}")
 
     step("backend-expert delegates UI work to frontend-expert (seed: delegateTask)")
@@ -159,8 +163,38 @@ def play(coord: Coordinator) -> None:
 
     wait_idle(coord)  # the worker's proposal jobs for the new gaps
     step("recorded capability gaps")
+    wait_idle(coord)
     for g in coord.gaps():
         console.print(f"  {g.capability_type:9} {g.name:20} frequency {g.frequency}  {g.status}")
+
+    step("proposals the worker made for them (confidence computed from how each match was made)")
+    for p in coord.get_proposals():
+        target = next((str(p.details[k]) for k in ("server", "tool", "name", "target") if p.details.get(k)), "")
+        console.print(f"  {p.kind:14} {target[:40]:40} {p.status:17} confidence {p.confidence:.2f}")
+
+    step("a person approves the new blockchain agent (`coord approvals approve`); agents cannot approve")
+    approvals = json.loads(cli("--json", "approvals", "ls"))
+    wanted = [a for a in approvals if a["action"] == "create_agent"][:1]
+    for a in wanted:
+        cli("approvals", "approve", a["id"], "--by", "demo-person", "--reason", "looks right")
+        console.print(f"  approved {a['id']} ({a['reason'][:70]})")
+    deadline = time.monotonic() + 20
+    found: list = []
+    while wanted and not found and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = coord.find_experts("blockchain", limit=1)
+    for c in found:
+        console.print(f"  the agent file was written and synced: '{c.agent_id}' now matches 'blockchain'")
+
+
+def cli(*args: str) -> str:
+    """Run the `coord` CLI as a person would, on the demo's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COORD_")}
+    env.update(COORD_STATE_DIR=os.environ["COORD_DEMO_STATE"], PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "coord.cli", *args], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"coord {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
 
 
 if __name__ == "__main__":

@@ -7,5 +7,6 @@
 - `hybrid`: the ranker every caller uses (`rank_agents`), the matching mode, similar agents.
 - `catalog_match`: semantic lookup of tool / MCP catalog entries by what a gap describes.
 
-Nothing is imported here: coord.registry imports `index`, and `lexical` imports coord.registry.
+Nothing is imported here: coord.registry imports `index` for its hook, and importing the package must
+not pull in the rankers (or numpy) on that path.
 """

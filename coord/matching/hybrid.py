@@ -7,7 +7,9 @@ Which mode runs (`settings.matching`):
   if the model fails to load later), never a silent fall back.
 
 One request in hybrid mode (`rank_agents`):
-1. lexical evidence for the need (coord.matching.lexical: tags, full text without stopwords);
+1. lexical evidence for the need (coord.matching.lexical: full text without stopwords, plus exact tags
+   for a keyword need; a sentence's words matched as tags only add noise, and at 10,000 agents the tag
+   lookup of common words was the slowest step);
 2. the need embedded (~6 ms on one core) and scored against the cached matrix of agent vectors
    (coord.matching.index.VECTORS; one index-only query checks it is current);
 3. the best POOL agents by cosine plus the cosine of every lexical candidate, fused (coord.matching.fusion,
@@ -29,7 +31,7 @@ from sqlalchemy.orm import Session
 from coord.db.backend import Backend
 from coord.errors import SettingsError
 from coord.matching import embedder as emb
-from coord.matching.fusion import content_terms, fuse, weights_for_query
+from coord.matching.fusion import content_terms, fuse, is_keyword_need, weights_for_query
 from coord.matching.index import VECTORS, coverage
 from coord.matching.lexical import finish, lexical_scores, rank_lexical
 from coord.results import Candidate
@@ -102,10 +104,10 @@ def rank_agents(
     embedder = semantic_embedder(matching)
     if embedder is None or not worth_embedding(need):
         return rank_lexical(session, backend, need, limit=limit, exclude=exclude)
-    scores, why = lexical_scores(session, backend, need, exclude=exclude)
     vectors = VECTORS.get(session, embedder.model_id, embedder.dim)
     if not vectors.ids:  # nothing embedded yet (a fresh registry, the first embed job still running)
-        return finish(session, scores, why, limit)
+        return rank_lexical(session, backend, need, limit=limit, exclude=exclude)
+    scores, why = lexical_scores(session, backend, need, exclude=exclude, tags=is_keyword_need(need))
     cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
     floor = SHORT_NEED_MIN_COSINE.get(len(content_terms(need)), MIN_COSINE)
     semantic = _semantic_pool(vectors, cosines, exclude, floor)

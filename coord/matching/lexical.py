@@ -12,9 +12,8 @@ from sqlalchemy.orm import Session
 
 from coord.agentfiles import normalize_tag
 from coord.db.backend import Backend, query_words
-from coord.db.models import Agent, AgentExpertise
+from coord.db.models import Agent, AgentExpertise, Task
 from coord.matching.fusion import STOPWORDS
-from coord.registry import open_task_counts
 from coord.results import Candidate
 
 # Weights, in one place. PHRASE_TAG: the whole need equals a tag ("react-native"); WORD_TAG: one word
@@ -37,17 +36,20 @@ def lexical_words(need: str) -> list[str]:
 
 
 def lexical_scores(
-    session: Session, backend: Backend, need: str, *, exclude: tuple[str, ...] = ()
+    session: Session, backend: Backend, need: str, *, exclude: tuple[str, ...] = (), tags: bool = True
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Raw lexical evidence per agent (not yet lowered by load): (scores, why), for at most about
     TAG_POOL + FTS_POOL agents. A common tag ("api", "security") can be held by thousands of agents in a
-    large registry: only the TAG_POOL agents with the most tag weight are kept, ties by id."""
+    large registry: only the TAG_POOL agents with the most tag weight are kept, ties by id.
+    `tags=False`: the full-text search alone (hybrid ranking of a sentence, see coord.matching.hybrid)."""
     words = query_words(need)
     phrase = normalize_tag(need)
     wanted = {w for w in words} | ({phrase} if phrase else set())
     if not wanted:
         return {}, {}
     text = {a: raw for a, raw in backend.search(session, lexical_words(need), FTS_POOL) if a not in exclude}
+    if not tags:  # full text only (its index holds the tags too, without the exact-tag bonus)
+        return {a: TEXT_WEIGHT * raw / (1.0 + raw) for a, raw in text.items()}, {a: ["text"] for a in text}
     weight = case((AgentExpertise.tag == (phrase or ""), PHRASE_TAG), else_=WORD_TAG)
     tagged = select(AgentExpertise.agent_id).join(Agent, Agent.id == AgentExpertise.agent_id).where(
         AgentExpertise.tag.in_(wanted), Agent.status == "active")
@@ -81,10 +83,13 @@ def finish(session: Session, scores: dict[str, float], why: dict[str, list[str]]
     if not scores:
         return []
     scores = dict(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:max(FINISH_POOL, 4 * limit)])
-    active = dict(
-        session.execute(select(Agent.id, Agent.description).where(Agent.id.in_(scores), Agent.status == "active")).all()
-    )
-    load = open_task_counts(session, list(active))
+    # Status, description and open tasks in one statement: this runs on every request.
+    claimed = (select(func.count()).select_from(Task)
+               .where(Task.to_agent == Agent.id, Task.status == "claimed").scalar_subquery())
+    rows = session.execute(select(Agent.id, Agent.description, claimed)
+                           .where(Agent.id.in_(scores), Agent.status == "active")).all()
+    active = {a: d for a, d, _ in rows}
+    load = {a: int(n) for a, _, n in rows}
     ranked = sorted(
         (
             Candidate(
