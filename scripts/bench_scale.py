@@ -1,15 +1,16 @@
 """Delegations/s and claims/s with 1, 2 and 4 worker processes, on SQLite and on PostgreSQL + Redis.
 
 One run measures both configurations (same code, invariant 9) and prints one table. For each engine and
-N in (1, 2, 4), on a fresh database and queue:
-- delegations: N `coord worker` daemons (1 consumer thread each) run while N agent processes call
-  `Coordinator.delegate()` (dispatch = queue) for --delegations tasks in total. Reported: delegate() calls
-  per second (the agents' side) and delegations dispatched per second end to end (first delegate() until
-  the last target notification is committed by a worker).
-- claims: the daemons stopped, N agent processes claim + complete all the tasks (claims/s).
-Contention: errors seen by the agents, outbox jobs that hit an error (lock timeouts, serialization
-failures: any), outbox jobs run more than once, and on PostgreSQL the server's deadlock counter.
-Cost per worker: CPU time and peak RSS of each daemon (from wait4), CPU per delegation dispatched.
+N in (1, 2, 4), on a fresh database and queue, with N `coord worker` daemons (1 consumer thread each):
+1. N agent processes call `Coordinator.delegate()` (dispatch = queue) for --delegations tasks in total while
+   the workers dispatch them: delegate() calls per second, and delegations per second end to end (first
+   delegate() until the last target notification is committed).
+2. The workers alone: as many delegations committed without a bell, then every bell rung at once: jobs
+   per second drained, and the workers' CPU per job.
+3. The workers stopped, N agent processes claim + complete every task: claims per second.
+Contention: errors seen by the agents, outbox jobs that hit any error (lock timeouts, serialization
+failures ...), jobs run more than once, and on PostgreSQL the server's deadlock counter.
+Cost per worker: CPU per job, start-up CPU, peak RSS (from wait4).
 
 Usage: scripts/bench scale [--delegations 1000] [--rounds 2] [--workers 1,2,4] [--engines sqlite,postgres]
        [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--redis-url redis://127.0.0.1:6379/12]
@@ -52,6 +53,8 @@ class Run:
     delegate_per_s: float = 0.0
     dispatched_per_s: float = 0.0
     claims_per_s: float = 0.0
+    drain_per_s: float = 0.0
+    cpu_ms_per_job: float = 0.0
     errors: int = 0
     job_reruns: int = 0
     jobs_failed: int = 0
@@ -59,11 +62,9 @@ class Run:
     deadlocks: int | None = None
     cpu_s: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    startup_cpu_s: float = 0.0
     load: float = 0.0  # 1-minute load average after the run: other work on the machine skews everything
 
-    @property
-    def cpu_ms_per_delegation(self) -> float:
-        return 1000 * sum(self.cpu_s) / max(self.delegations, 1)
 
 
 # --- child processes ------------------------------------------------------------------------------------
@@ -188,6 +189,15 @@ def _stop_workers(procs: list[subprocess.Popen]) -> list[tuple[float, float]]:
     return usage
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _wait_ready(db: Any, procs: list[subprocess.Popen], timeout: float = 60) -> None:
     from sqlalchemy import select
 
@@ -203,6 +213,36 @@ def _wait_ready(db: Any, procs: list[subprocess.Popen], timeout: float = 60) -> 
     raise SystemExit(f"workers did not start within {timeout}s")
 
 
+def _wait_drained(db: Any, timeout: float = 600) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while (c := _counts(db))["pending"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return c
+
+
+def _burst(coord: Any, workers: list[subprocess.Popen], n: int) -> tuple[float, float]:
+    """`n` delegations committed without a bell, then all their bells rung at once: how fast the running
+    workers drain them (jobs/s), and the workers' CPU ms per job meanwhile."""
+    from sqlalchemy import select
+
+    from coord.client import Coordinator
+    from coord.db.models import OutboxJob
+    from coord.outbox import SilentBell
+    from worker.bell import QueueBell
+
+    quiet = Coordinator(coord.settings, db=coord.db, bell=SilentBell())
+    for i in range(n):
+        quiet.delegate(BOSS, TARGET, {"title": f"burst {i}"}, id=f"burst-{i:06d}")
+    with coord.db.reader() as s:
+        ids = list(s.scalars(select(OutboxJob.id).where(OutboxJob.status == "pending")))
+    cpu = sum(_cpu_seconds(p.pid) for p in workers)
+    start = time.perf_counter()
+    QueueBell(coord.settings).ring(ids)
+    _wait_drained(coord.db)
+    elapsed = time.perf_counter() - start
+    return len(ids) / elapsed, 1000 * (sum(_cpu_seconds(p.pid) for p in workers) - cpu) / max(len(ids), 1)
+
+
 def run_one(engine: str, n_workers: int, n_delegations: int, env: dict[str, str], logs: Path) -> Run:
     from coord.client import Coordinator
     from coord.settings import load_settings
@@ -216,20 +256,23 @@ def run_one(engine: str, n_workers: int, n_delegations: int, env: dict[str, str]
     workers = _start_workers(env, n_workers, logs)
     try:
         _wait_ready(db, workers)
+        startup_cpu = sum(_cpu_seconds(p.pid) for p in workers)  # imports, migrations check, model load
+        # 1. agents delegate while the workers dispatch (they share the machine's cores).
         per = n_delegations // n_workers
         run.delegations = per * n_workers
         start = time.perf_counter()
         _elapsed, results = _processes(_delegator, [(env, f"a{i}", per) for i in range(n_workers)])
         run.errors += sum(e for _t, e in results)
         run.delegate_per_s = run.delegations / max(t for t, _e in results)
-        deadline = time.monotonic() + 600
-        while (c := _counts(db))["pending"] > 0 and time.monotonic() < deadline:  # all rows exist by now
-            time.sleep(0.02)
-        run.dispatched_per_s = c["notified"] / (time.perf_counter() - start)
+        run.dispatched_per_s = _wait_drained(db)["notified"] / (time.perf_counter() - start)
+        # 2. the workers alone: a burst of bells.
+        run.drain_per_s, run.cpu_ms_per_job = _burst(coord, workers, run.delegations)
     finally:
         usage = _stop_workers(workers)
     run.cpu_s = [u[0] for u in usage]
+    run.startup_cpu_s = startup_cpu
     run.rss_mb = [u[1] for u in usage]
+    # 3. agents claim and complete everything, the workers stopped.
     elapsed, results = _processes(_claimer, [(env,) for _ in range(n_workers)])
     claimed = sum(d for d, _e in results)
     run.errors += sum(e for _d, e in results)
@@ -240,8 +283,8 @@ def run_one(engine: str, n_workers: int, n_delegations: int, env: dict[str, str]
     if before is not None and after is not None:
         run.deadlocks = after - before
     run.load = os.getloadavg()[0]
-    if claimed != run.delegations:
-        print(f"  warning: claimed {claimed} of {run.delegations}", file=sys.stderr)
+    if claimed != 2 * run.delegations:
+        print(f"  warning: claimed {claimed} of {2 * run.delegations}", file=sys.stderr)
     coord.close()
     return run
 
@@ -293,43 +336,55 @@ def main() -> None:
     parser.add_argument("--delegations", type=int, default=1000)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--engines", default="sqlite,postgres")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per configuration; the table shows the best")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per configuration; rates: the best round")
     parser.add_argument("--pg-url", default=os.environ.get("COORD_TEST_DATABASE_URL")
                         or "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     args = parser.parse_args()
+    from coord.logs import configure_logging
+
+    configure_logging("warning")
     counts = [int(x) for x in args.workers.split(",")]
     engines = args.engines.split(",")
-    print(f"{args.delegations} delegations per run; workers {counts}; {args.rounds} rounds, best shown; "
+    print(f"{args.delegations} delegations per run; workers {counts}; {args.rounds} rounds; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    best: dict[tuple[str, int], Run] = {}
+    runs: dict[tuple[str, int], list[Run]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # Configurations interleaved, round after round: a change in the machine's other load hits all of them.
         for _round in range(args.rounds):
             for n in counts:
                 for engine in engines:
                     run = _one_config(engine, n, args, Path(tmp))
-                    print(f"  {run.engine} x{n}: delegate {run.delegate_per_s:.0f}/s, dispatched "
-                          f"{run.dispatched_per_s:.0f}/s, claims {run.claims_per_s:.0f}/s (load {run.load:.1f})",
-                          flush=True)
-                    key = (engine, n)
-                    if key not in best or run.dispatched_per_s > best[key].dispatched_per_s:
-                        best[key] = run
+                    print(f"  {run.engine} x{n}: delegate {run.delegate_per_s:.0f}/s, end to end "
+                          f"{run.dispatched_per_s:.0f}/s, drain {run.drain_per_s:.0f}/s, claims "
+                          f"{run.claims_per_s:.0f}/s (load {run.load:.1f})", flush=True)
+                    runs.setdefault((engine, n), []).append(run)
     print()
-    head = (f"{'engine':<18} {'workers':>7} {'delegate()/s':>12} {'dispatched/s':>12} {'claims/s':>9} "
-            f"{'errors':>6} {'job errors':>10} {'reruns':>6} {'failed':>6} {'deadlocks':>9} "
-            f"{'CPU ms/deleg':>12} {'RSS MB/worker':>13} {'load':>5}")
+    head = (f"{'engine':<18} {'workers':>7} {'delegate()/s':>12} {'end-to-end/s':>12} {'drain/s':>8} "
+            f"{'claims/s':>9} {'errors':>6} {'job errors':>10} {'reruns':>6} {'failed':>6} {'deadlocks':>9} "
+            f"{'CPU ms/job':>10} {'RSS MB':>6} {'load':>5}")
     print(head)
     print("-" * len(head))
     for engine in engines:
         for n in counts:
-            r = best[(engine, n)]
-            print(f"{r.engine:<18} {r.workers:>7} {r.delegate_per_s:>12.0f} {r.dispatched_per_s:>12.0f} "
-                  f"{r.claims_per_s:>9.0f} {r.errors:>6} {r.job_errors:>10} {r.job_reruns:>6} {r.jobs_failed:>6} "
-                  f"{'-' if r.deadlocks is None else r.deadlocks:>9} "
-                  f"{r.cpu_ms_per_delegation:>12.2f} {max(r.rss_mb):>13.0f} {r.load:>5.1f}")
-    print(f"\nload average {os.getloadavg()[0]:.1f} at end. CPU ms/deleg: all worker daemons' CPU per delegation "
-          "dispatched, start-up included. load: the machine's 1-minute load average after that run.")
+            rs = runs[(engine, n)]
+            deadlocks = [r.deadlocks for r in rs if r.deadlocks is not None]
+            print(f"{rs[0].engine:<18} {n:>7} {max(r.delegate_per_s for r in rs):>12.0f} "
+                  f"{max(r.dispatched_per_s for r in rs):>12.0f} {max(r.drain_per_s for r in rs):>8.0f} "
+                  f"{max(r.claims_per_s for r in rs):>9.0f} {sum(r.errors for r in rs):>6} "
+                  f"{sum(r.job_errors for r in rs):>10} {sum(r.job_reruns for r in rs):>6} "
+                  f"{sum(r.jobs_failed for r in rs):>6} {sum(deadlocks) if deadlocks else '-':>9} "
+                  f"{min(r.cpu_ms_per_job for r in rs):>10.2f} {max(max(r.rss_mb) for r in rs):>6.0f} "
+                  f"{max(r.load for r in rs):>5.1f}")
+    every = [r for rs in runs.values() for r in rs]
+    print(f"""
+delegate()/s: N agent processes calling delegate() while N workers run. end-to-end/s: from the first
+delegate() to the last notification committed. drain/s: the N workers alone on a burst of as many bells.
+claims/s: N agent processes claim + complete, workers stopped. Rates: best of {args.rounds} rounds; errors,
+job errors (any error a job hit: lock timeouts, serialization failures ...), reruns, failed, deadlocks:
+summed over the rounds. CPU ms/job: all workers' CPU per job during the drain. RSS MB: peak per worker.
+Worker start-up: {sum(r.startup_cpu_s / r.workers for r in every) / len(every):.1f} CPU s per daemon.
+load: the machine's highest 1-minute load average after a run; now {os.getloadavg()[0]:.1f}.""")
 
 
 if __name__ == "__main__":

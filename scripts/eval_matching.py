@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from coord.jobs import HANDLERS, JobContext
     from coord.matching.embedder import load_embedder
     from coord.matching.hybrid import rank_agents, rank_semantic
+    from coord.matching.index import coverage
     from coord.outbox import run_job
     from coord.settings import load_settings
     from coord.states import JOB_EMBED
@@ -136,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                 if outcome.status != "done":
                     raise SystemExit(f"embed job {job_id} ended {outcome.status}: {outcome.error}")
                 jobs += follow_ups
-            print(f"embedded {len(known)} agents ({embedder.model_id}) in {time.perf_counter() - t0:.1f} s wall, "
-                  f"{time.process_time() - c0:.1f} s CPU")
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            with db.reader() as s:
+                embedded, active = coverage(s, embedder.model_id)
+            print(f"embedded {embedded}/{active} agents ({embedder.model_id}) in {wall:.1f} s wall, {cpu:.1f} s CPU")
 
         rankers = {"lexical": lambda s, q: rank_agents(s, db.backend, q, limit=5, matching="lexical")}
         if embedder is not None:

@@ -14,8 +14,11 @@ The life of a vector:
    of files is one job, whichever upsert enqueued it).
 3. The `embed_backfill` periodic job enqueues an `embed` row when active agents lack a vector and none
    is pending: after the extra is installed, after a model change, or if a job failed for good.
-4. `VectorCache` keeps the (agents x dim) matrix per database and model in memory; each request checks
-   (row count, latest updated_at) of the model's rows, an index-only query, and reloads on a change.
+4. `VectorCache` keeps the (agents x dim) matrix per database and model in memory; at most once a
+   second a request checks (row count, latest updated_at) of the model's rows, an index-only query,
+   and reads what changed.
+A job that runs out of its time budget (a share of the outbox lease) queues its successor, so a first
+sync of 10,000 agents is a chain of short jobs, none of them mistaken for a dead one.
 Removed agents lose their vectors (`on_agents_removed`); the ranker also filters by status, so a
 removed agent never matches even while a cache is a moment old.
 """

@@ -11,7 +11,6 @@ import hashlib
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import make_settings
 from sqlalchemy import func, select
@@ -29,6 +28,7 @@ from coord.periodic import JOBS
 from coord.settings import load_settings
 from coord.states import JOB_EMBED
 
+np = pytest.importorskip("numpy", reason="the fake model needs numpy (it comes with the 'semantic' extra)")
 DIM = 64
 # Words the fake model treats as one meaning, so "meaning without shared words" is testable without the model.
 SYNONYMS = {"blind": "accessible", "screen": "accessible", "wcag": "accessible", "spam": "deliverability",
