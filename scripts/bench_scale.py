@@ -354,7 +354,13 @@ def main() -> None:
         for _round in range(args.rounds):
             for n in counts:
                 for engine in engines:
-                    run = _one_config(engine, n, args, Path(tmp))
+                    try:
+                        run = _one_config(engine, n, args, Path(tmp))
+                    except Exception as exc:  # e.g. the shared server restarted under the run: once more
+                        print(f"  {ENGINES[engine]} x{n}: run failed ({type(exc).__name__}: {exc}); again",
+                              flush=True)
+                        time.sleep(5)
+                        run = _one_config(engine, n, args, Path(tmp))
                     print(f"  {run.engine} x{n}: delegate {run.delegate_per_s:.0f}/s, end to end "
                           f"{run.dispatched_per_s:.0f}/s, drain {run.drain_per_s:.0f}/s, claims "
                           f"{run.claims_per_s:.0f}/s (load {run.load:.1f})", flush=True)

@@ -41,22 +41,23 @@ def lexical_scores(
     """Raw lexical evidence per agent (not yet lowered by load): (scores, why), for at most about
     TAG_POOL + FTS_POOL agents. A common tag ("api", "security") can be held by thousands of agents in a
     large registry: only the TAG_POOL agents with the most tag weight are kept, ties by id.
-    `tags=False`: the full-text search alone (hybrid ranking of a sentence, see coord.matching.hybrid)."""
+    `tags=False`: agents are found by the full-text search alone (hybrid ranking of a sentence, see
+    coord.matching.hybrid); the tags of those it found still count."""
     words = query_words(need)
     phrase = normalize_tag(need)
     wanted = {w for w in words} | ({phrase} if phrase else set())
     if not wanted:
         return {}, {}
     text = {a: raw for a, raw in backend.search(session, lexical_words(need), FTS_POOL) if a not in exclude}
-    if not tags:  # full text only (its index holds the tags too, without the exact-tag bonus)
-        return {a: TEXT_WEIGHT * raw / (1.0 + raw) for a, raw in text.items()}, {a: ["text"] for a in text}
-    weight = case((AgentExpertise.tag == (phrase or ""), PHRASE_TAG), else_=WORD_TAG)
-    tagged = select(AgentExpertise.agent_id).join(Agent, Agent.id == AgentExpertise.agent_id).where(
-        AgentExpertise.tag.in_(wanted), Agent.status == "active")
-    if exclude:
-        tagged = tagged.where(AgentExpertise.agent_id.not_in(list(exclude)))
-    best = session.scalars(tagged.group_by(AgentExpertise.agent_id)
-                           .order_by(func.sum(weight).desc(), AgentExpertise.agent_id).limit(TAG_POOL)).all()
+    best: list[str] = []
+    if tags:
+        weight = case((AgentExpertise.tag == (phrase or ""), PHRASE_TAG), else_=WORD_TAG)
+        tagged = select(AgentExpertise.agent_id).join(Agent, Agent.id == AgentExpertise.agent_id).where(
+            AgentExpertise.tag.in_(wanted), Agent.status == "active")
+        if exclude:
+            tagged = tagged.where(AgentExpertise.agent_id.not_in(list(exclude)))
+        best = list(session.scalars(tagged.group_by(AgentExpertise.agent_id)
+                                    .order_by(func.sum(weight).desc(), AgentExpertise.agent_id).limit(TAG_POOL)))
     scores: dict[str, float] = {}
     why: dict[str, list[str]] = {}
     ids = list(dict.fromkeys([*best, *text]))

@@ -96,7 +96,8 @@ def test_delegating_to_an_unknown_agent_suggests_alternatives(c: Coordinator):
     names = [x.agent_id for x in result.fallback]
     assert names[0] == "frontend-expert"
     assert "backend-expert" not in names  # never suggest the delegator to itself
-    assert any(w.startswith("tag:") for w in result.fallback[0].why)
+    # evidence is given: an expertise tag or text (lexical) and, with the semantic extra, the meaning match
+    assert any(w.startswith(("tag:", "text", "semantic:")) for w in result.fallback[0].why)
     assert [x.score for x in result.fallback] == sorted((x.score for x in result.fallback), reverse=True)
     assert [(g.capability_type, g.name, g.frequency) for g in c.gaps()] == [("agent", "ui-wizard", 1)]
     assert result.gap_id == c.gaps()[0].gap_id
