@@ -92,7 +92,7 @@ def agent_segments(name: str, description: str, expertise_tags: Iterable[str] = 
       The registry derives ~30 tags per agent from its description (~90 tokens): this piece costs more
       than the sentences together (65 ms of CPU per agent with it, 27 without) and is worth it, through
       coord's own pipeline: cosine alone top-1 59 % -> 61 % paraphrased, 66 % -> 76 % keyword; hybrid
-      top-1 60 % -> 62 % paraphrased (embedding runs in the worker, off every request path).
+      top-1 60 % -> 61-62 % paraphrased (embedding runs in the worker, off every request path).
     - The markdown body is NOT used: embedding its headings and bullet points made results worse
       (top-3 74 % -> 71-72 %): bodies list many incidental technologies and dilute the vector.
     Exact words (a library, a product name) are the lexical ranking's job, not this vector's.

@@ -19,7 +19,7 @@ own sync, embed job and rankers:
   of a sentence ("site", "team", "people") hit many descriptions, so words only break near-ties.
 - keyword needs (1-3 content words: "Terraform modules", "Ghidra"): lexical 0.5, semantic 0.5. An
   exact term is the strongest evidence there is, and a lone rare word embeds poorly.
-Result: paraphrased top-1 62 % / top-3 76 %, keyword top-1 98 % (cosine alone: 61 % / 74 % / 76 %;
+Result: paraphrased top-1 61 % / top-3 76 %, keyword top-1 98 % (cosine alone: 61 % / 74 % / 76 %;
 lexical alone: 31 % / 44 % / 94 %). Sentence weights (0.05, 0.95) give 61 % / 78 %, (0.2, 0.8) 59 % /
 67 %, (0.3, 0.7) 54 % / 65 %; keyword weights anywhere from (0.3, 0.7) to (0.7, 0.3) give the same
 figures. The first measurements (a stand-alone prototype, 5-fold cross-validated over the grid) chose
