@@ -173,15 +173,8 @@ class Coordinator:
         self, agent_id: str, *, lease_seconds: float | None = None, claimer: str | None = None
     ) -> Claim | None:
         lease = self._lease(lease_seconds)
-        with self.db.connection() as s:
-            claim = delegation.claim_next(
-                s,
-                self.db.backend,
-                agent_id,
-                claimer=claimer or f"{agent_id}@{self.claimer_id}",
-                lease=lease,
-                now=self.now(),
-            )
+        who = claimer or f"{agent_id}@{self.claimer_id}"
+        claim = delegation.claim_next(self.db, agent_id, claimer=who, lease=lease, now=self.now())
         if claim:
             log.info("task.claimed", task_id=claim.task_id, agent_id=agent_id, token=claim.token, attempt=claim.attempt)
         return claim
@@ -192,11 +185,31 @@ class Coordinator:
             return delegation.heartbeat(s, task_id, token, lease=lease, now=self.now())
 
     def complete(self, task_id: str, token: int, result: dict[str, Any] | None = None) -> None:
-        with self.db.connection() as s:
-            delegation.complete(
-                s, self.db.backend, task_id, token, result, max_bytes=self.settings.max_payload_bytes, now=self.now()
-            )
+        delegation.complete(self.db, task_id, token, result, max_bytes=self.settings.max_payload_bytes, now=self.now())
         log.info("task.completed", task_id=task_id, token=token)
+
+    def complete_and_claim(
+        self,
+        task_id: str,
+        token: int,
+        result: dict[str, Any] | None = None,
+        *,
+        agent_id: str,
+        lease_seconds: float | None = None,
+        claimer: str | None = None,
+    ) -> Claim | None:
+        """`complete`, then `agent_id`'s next task claimed in the same transaction (None when there is none):
+        one transaction a task in an agent's steady loop instead of two."""
+        lease = self._lease(lease_seconds)
+        who = claimer or f"{agent_id}@{self.claimer_id}"
+        claim = delegation.complete(
+            self.db, task_id, token, result, max_bytes=self.settings.max_payload_bytes, now=self.now(),
+            next_claim=(agent_id, who, lease),
+        )
+        log.info("task.completed", task_id=task_id, token=token)
+        if claim:
+            log.info("task.claimed", task_id=claim.task_id, agent_id=agent_id, token=claim.token, attempt=claim.attempt)
+        return claim
 
     def fail(self, task_id: str, token: int, error: str, *, retry: bool = True) -> str:
         with self.db.session() as s:
@@ -244,8 +257,8 @@ class Coordinator:
         deadline_seconds: float | None = None,
     ) -> CollaborationResult:
         request_id = new_id() if id is None else id
-        deadline = collaboration.DEFAULT_DEADLINE if deadline_seconds is None else timedelta(seconds=deadline_seconds)
-        if not timedelta(0) < deadline <= timedelta(days=30):
+        deadline = None if deadline_seconds is None else timedelta(seconds=deadline_seconds)
+        if deadline is not None and not timedelta(0) < deadline <= timedelta(days=30):
             raise InvalidInput("deadline_seconds must be between 0 and 30 days")
         with self.db.session() as s:
             result, outbox = collaboration.request_collaboration(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from coord.db.backend import Backend, backend_for, insert_ignore
@@ -29,7 +29,6 @@ from coord.registry import require_active
 from coord.results import Candidate, CollaborationResult, CollaborationStatus
 
 MAX_EXPERTISE = 500
-DEFAULT_DEADLINE = timedelta(hours=24)
 
 
 def request_collaboration(
@@ -44,7 +43,7 @@ def request_collaboration(
     now: datetime,
     ranker: Any,
     limit: int = 5,
-    deadline: timedelta = DEFAULT_DEADLINE,
+    deadline: timedelta | None = None,
 ) -> tuple[CollaborationResult, list[str]]:
     check_id(request_id, "request id")
     if not isinstance(required_expertise, str) or not required_expertise.strip():
@@ -57,6 +56,8 @@ def request_collaboration(
     existing = session.get(CollaborationRequest, request_id)
     if existing is not None:
         return _replayed(existing, requester, required_expertise), []
+    if deadline is None:  # no deadline named: the setting
+        deadline = settings.collaboration_ttl
 
     candidates: list[Candidate] = ranker(session, required_expertise, limit=limit, exclude=(requester,))
     if not candidates:
@@ -209,14 +210,18 @@ def close_request(session: Session, backend: Backend, *, request_id: str, reques
     return status_of(session, req)
 
 
-def expire_unanswered(session: Session, now: datetime, *, limit: int = 500) -> int:
+def expire_unanswered(session: Session, now: datetime, *, ttl: timedelta | None = None, limit: int = 500) -> int:
     """The periodic job: open requests past their deadline are reported back to the requester as
-    unanswered. Returns how many."""
+    unanswered. A request without a deadline (the column allows none) is past it `ttl` after it was made;
+    without `ttl` it never is. Returns how many."""
     backend = _backend_of(session)
+    past = CollaborationRequest.deadline <= now
+    if ttl is not None:
+        past = or_(past, and_(CollaborationRequest.deadline.is_(None), CollaborationRequest.created_at <= now - ttl))
     due = session.scalars(
         select(CollaborationRequest)
-        .where(CollaborationRequest.status == "open", CollaborationRequest.deadline <= now)
-        .order_by(CollaborationRequest.deadline)
+        .where(CollaborationRequest.status == "open", past)
+        .order_by(CollaborationRequest.deadline, CollaborationRequest.created_at)
         .limit(limit)
     ).all()
     return sum(_report_unanswered(session, backend, req, now, "nobody accepted before the deadline") for req in due)

@@ -13,7 +13,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from coord.db import sqlite_queue
 from coord.db.backend import Backend, insert_ignore
+from coord.db.engine import Database
 from coord.db.models import InboxMessage, Task
 from coord.errors import Conflict, InvalidInput, LeaseLost, NotFound
 from coord.gaps import record_gap
@@ -21,7 +23,7 @@ from coord.ids import check_id, new_id
 from coord.matching.hybrid import rank_agents
 from coord.outbox import add_job
 from coord.payloads import check_payload
-from coord.registry import require_active
+from coord.registry import agent_state, inactive_agent, require_active
 from coord.results import Claim, DelegationResult, TaskInfo
 from coord.states import JOB_DISPATCH, PRIORITIES, PRIORITY_NAMES, TASK_TYPES
 
@@ -140,18 +142,28 @@ def dispatch(session: Session, backend: Backend, task_id: str, now: datetime) ->
     return notify(session, backend, task.to_agent, "new_coordination_task", task.id, body, now)
 
 
-def claim_next(
-    session: Session, backend: Backend, agent_id: str, *, claimer: str, lease: timedelta, now: datetime
-) -> Claim | None:
-    # The hot path of every claimer: one cheap status read, then one atomic UPDATE ... RETURNING.
-    require_active(session, agent_id)
-    row = session.execute(backend.claim_statement(agent_id, claimer, now, now + lease)).one_or_none()
+def claim_next(db: Database, agent_id: str, *, claimer: str, lease: timedelta, now: datetime) -> Claim | None:
+    """The best pending task of `agent_id`, moved to claimed under a fresh lease and fencing token."""
+    if db.dialect == "sqlite":  # every claimer's hot path: plain DB-API statements (see sqlite_queue)
+        agent_status, row = sqlite_queue.claim(db, agent_id, claimer, now, now + lease)
+    else:
+        with db.connection() as conn:
+            agent_status = agent_state(conn, agent_id)
+            row = None
+            if agent_status == "active":
+                row = conn.execute(db.backend.claim_statement(agent_id, claimer, now, now + lease)).one_or_none()
+    if agent_status != "active":
+        raise inactive_agent(agent_id, agent_status)
+    return _claim(row, now + lease)
+
+
+def _claim(row: Any, lease_until: datetime) -> Claim | None:
     if row is None:
         return None
     return Claim(
         task_id=row.id,
         token=row.lease_token,
-        lease_expires_at=now + lease,
+        lease_expires_at=lease_until,
         from_agent=row.from_agent,
         task_type=row.task_type,
         priority=PRIORITY_NAMES[row.priority],
@@ -161,6 +173,7 @@ def claim_next(
 
 
 TASKS = Task.__table__  # Core statements on the hot paths (see Backend.claim_statement)
+NOTICE_COMPLETED = "task_completed"
 
 
 def _held(task_id: str, token: int, now: datetime) -> Any:
@@ -168,17 +181,25 @@ def _held(task_id: str, token: int, now: datetime) -> Any:
     return (t.id == task_id, t.status == "claimed", t.lease_token == token, t.lease_expires_at > now)
 
 
-def _lost(session: Session | Connection, task_id: str, token: int) -> Exception:
-    task = session.execute(
+def _state(session: Session | Connection, task_id: str) -> Any:
+    return session.execute(
         select(TASKS.c.status, TASKS.c.lease_token, TASKS.c.lease_expires_at).where(TASKS.c.id == task_id)
     ).one_or_none()
-    if task is None:
+
+
+def _lost(session: Session | Connection, task_id: str, token: int) -> Exception:
+    return lease_error(task_id, token, _state(session, task_id))
+
+
+def lease_error(task_id: str, token: int, state: Any) -> Exception:
+    """Why a call carrying `token` may not change the task, from its (status, lease_token, lease_expires_at)."""
+    if state is None:
         return NotFound(f"task {task_id!r} does not exist")
-    if task.lease_token != token:
+    status, current_token, expired = state
+    if current_token != token:
         return LeaseLost(f"task {task_id!r} was claimed again after your lease (token {token} is stale)")
-    if task.status != "claimed":
-        return LeaseLost(f"task {task_id!r} is {task.status}: your lease is over")
-    expired = task.lease_expires_at
+    if status != "claimed":
+        return LeaseLost(f"task {task_id!r} is {status}: your lease is over")
     return LeaseLost(f"the lease on task {task_id!r} expired at {expired:%H:%M:%S}Z; claim it again")
 
 
@@ -193,21 +214,51 @@ def heartbeat(session: Session, task_id: str, token: int, *, lease: timedelta, n
 
 
 def complete(
-    session: Session, backend: Backend, task_id: str, token: int, result: Any, *, max_bytes: int, now: datetime
-) -> None:
+    db: Database,
+    task_id: str,
+    token: int,
+    result: Any,
+    *,
+    max_bytes: int,
+    now: datetime,
+    next_claim: tuple[str, str, timedelta] | None = None,
+) -> Claim | None:
+    """Finish a claimed task and tell the delegator; refused (LeaseLost) unless the caller still holds the
+    lease. A replay by the same holder after success changes nothing.
+
+    With `next_claim` = (agent, claimer, lease), that agent's next task is claimed in the same transaction
+    and returned (None when nothing is pending): a worker's steady loop then costs one transaction a task.
+    """
     data, _ = check_payload(result, what="result", max_bytes=max_bytes, required=False)
-    done = session.execute(
+    then = None if next_claim is None else (next_claim[0], next_claim[1], now + next_claim[2])
+    if db.dialect == "sqlite":  # the hot path (see claim_next)
+        done, state, row = sqlite_queue.complete(db, task_id, token, data, now, NOTICE_COMPLETED, then)
+    else:
+        with db.connection() as conn:
+            done, state, row = _complete(conn, db.backend, task_id, token, data, now, then)
+    if not done and (state is None or (state.status, state.lease_token) != ("completed", token)):
+        raise lease_error(task_id, token, state)
+    if next_claim is None:
+        return None
+    if not done:  # a replay: the first call's claim, if any, is lost with its answer; its lease will lapse
+        return claim_next(db, next_claim[0], claimer=next_claim[1], lease=next_claim[2], now=now)
+    return _claim(row, now + next_claim[2])
+
+
+def _complete(
+    conn: Connection, backend: Backend, task_id: str, token: int, data: Any, now: datetime, then: Any
+) -> tuple[bool, Any, Any]:
+    done = conn.execute(
         update(TASKS)
         .where(*_held(task_id, token, now))
         .values(status="completed", completed_at=now, result=data, lease_expires_at=None, updated_at=now)
         .returning(TASKS.c.from_agent, TASKS.c.to_agent)
     ).one_or_none()
     if done is None:
-        state = session.execute(select(TASKS.c.status, TASKS.c.lease_token).where(TASKS.c.id == task_id)).one_or_none()
-        if state is not None and tuple(state) == ("completed", token):
-            return  # a replayed complete by the same lease holder: already done
-        raise _lost(session, task_id, token)
-    notify(session, backend, done.from_agent, "task_completed", task_id, {"to_agent": done.to_agent}, now)
+        return False, _state(conn, task_id), None
+    notify(conn, backend, done.from_agent, NOTICE_COMPLETED, task_id, {"to_agent": done.to_agent}, now)
+    row = None if then is None else conn.execute(backend.claim_statement(*then[:2], now, then[2])).one_or_none()
+    return True, None, row
 
 
 def fail(

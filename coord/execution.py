@@ -4,6 +4,8 @@
 - `install_tool` / `install_mcp`: record an `installs` row (status `pending`, the structured plan, who
   approved) and hand it to the installer service, `coord.installer.service.execute_install(session,
   install, ctx)`, when that module exists. Until then the install waits, pending, with a log event.
+- `repin_mcp`: pin the tools a person approved for a drifted MCP server (coord.mcpserver.pinning);
+  the install is `installed` again at once, not at the next `coord mcp verify`.
 
 Idempotent on the proposal: a replayed job finds the proposal executed, or its install row, and adds
 nothing. A problem a retry cannot fix (a bad definition, a file in the way, no agent folder) fails the
@@ -24,6 +26,7 @@ from coord.db.models import Approval, CapabilityGap, Install, Proposal
 from coord.errors import Conflict, InvalidInput, NotFound
 from coord.ids import new_id
 from coord.logs import get_logger
+from coord.mcpserver.pinning import REPIN, execute_repin  # no MCP SDK needed: it writes the approved hash
 
 log = get_logger(__name__)
 
@@ -46,6 +49,8 @@ def execute(session: Session, backend: Any, settings: Any, proposal_id: str, *, 
         return _create_agent(session, backend, settings, proposal, approved_by, now)
     if proposal.kind in INSTALL_KINDS:
         return _install(session, proposal, approval, approved_by, now, ctx)
+    if proposal.kind == REPIN:
+        return _repin(session, proposal, now)
     finish_proposal(session, proposal, "failed", now, error=f"a {proposal.kind} proposal cannot be executed")
     return []
 
@@ -61,6 +66,25 @@ def _create_agent(session: Session, backend: Any, settings: Any, proposal: Propo
     finish_proposal(session, proposal, "executed", now, result=result)
     audit.record(session, approved_by or "policy", "agent.created", "agent", result["agent_id"], now,
                  proposal_id=proposal.id, path=result["path"])
+    return []
+
+
+def _repin(session: Session, proposal: Proposal, now: datetime) -> list[str]:
+    install_id = (proposal.details or {}).get("install_id")
+    try:
+        execute_repin(session, proposal, now)
+    except NotFound as exc:  # the install row is gone: no retry brings it back
+        finish_proposal(session, proposal, "failed", now, error=exc.message)
+        return []
+    if proposal.status != "executed":
+        # Only a re-pin of the install's current pin applies: a newer one has been approved since.
+        finish_proposal(session, proposal, "failed", now, error=(
+            f"install {install_id} is no longer pinned to the hash this re-pin replaces; "
+            "run `coord mcp verify` again to see its tools now"))
+        return []
+    install = session.get(Install, install_id)
+    finish_proposal(session, proposal, "executed", now,
+                    result={"install_id": install_id, "tools_hash": install.tools_hash, "status": install.status})
     return []
 
 

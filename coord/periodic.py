@@ -3,7 +3,9 @@
 - `reconcile`: ring outbox rows whose bell was lost (a crash between commit and enqueue, a worker
   killed mid-job once its lease has passed) or whose retry is due;
 - `reap_leases`: expired task leases go back to `pending`, or to `failed` after the attempt limit;
-- `expire_approvals`: pending approvals past their TTL become `expired` (never `approved`).
+- `expire_approvals`: pending approvals past their TTL become `expired` (never `approved`);
+- `expire_collaborations`: open collaboration requests past their deadline (or, without one, older than
+  `collaboration_ttl`) become `unanswered` and their requester is told.
 
 `run_periodic` runs one of them at most once per period however many consumers share the queue: it
 claims the period with one conditional UPDATE of its `periodic_runs` row, in the same transaction as the
@@ -22,6 +24,7 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
+from coord.collaboration import expire_unanswered
 from coord.db.backend import insert_ignore
 from coord.db.models import PeriodicRun, WorkerHeartbeat
 from coord.delegation import reap_expired_leases
@@ -98,6 +101,10 @@ def expire_approvals(session: Session, backend: Any, settings: Any, now: datetim
     return {"expired": int(approvals.expire_due(session, now) or 0)}
 
 
+def expire_collaborations(session: Session, backend: Any, settings: Any, now: datetime) -> dict[str, Any]:
+    return {"expired": expire_unanswered(session, now, ttl=settings.collaboration_ttl)}
+
+
 @dataclass(frozen=True)
 class PeriodicJob:
     name: str
@@ -109,6 +116,8 @@ JOBS: dict[str, PeriodicJob] = {
     "reconcile_outbox": PeriodicJob("reconcile_outbox", lambda s: s.reconcile_interval_seconds, reconcile),
     "reap_leases": PeriodicJob("reap_leases", lambda s: s.reconcile_interval_seconds, reap_leases),
     "expire_approvals": PeriodicJob("expire_approvals", lambda s: 60.0, expire_approvals),
+    # Deadlines are minutes to days: a requester learns within a minute that nobody took its request.
+    "expire_collaborations": PeriodicJob("expire_collaborations", lambda s: 60.0, expire_collaborations),
     # Agents left without a vector (extra installed later, model changed, a job failed for good).
     "embed_backfill": PeriodicJob("embed_backfill", lambda s: 60.0, embed_backfill),
 }

@@ -189,13 +189,21 @@ def current_tags(session: Session, agent_id: str) -> list[str]:
 
 def require_active(session: Session | Connection, agent_id: str, role: str = "agent") -> None:
     """Raise NotFound unless the agent is registered and active. Core select: works on a Connection too."""
-    state = session.scalar(select(AGENTS.c.status).where(AGENTS.c.id == agent_id))
+    state = agent_state(session, agent_id)
     if state != "active":
-        why = "was removed" if state is not None else "is not registered"
-        raise NotFound(
-            f"{role} {agent_id!r} {why}; register it (`coord agents add`) or put its file in an agent folder",
-            agent_id=agent_id,
-        )
+        raise inactive_agent(agent_id, state, role)
+
+
+def agent_state(session: Session | Connection, agent_id: str) -> str | None:
+    return session.scalar(select(AGENTS.c.status).where(AGENTS.c.id == agent_id))
+
+
+def inactive_agent(agent_id: str, state: str | None, role: str = "agent") -> NotFound:
+    why = "was removed" if state is not None else "is not registered"
+    return NotFound(
+        f"{role} {agent_id!r} {why}; register it (`coord agents add`) or put its file in an agent folder",
+        agent_id=agent_id,
+    )
 
 
 def open_task_counts(session: Session, agent_ids: list[str] | None = None) -> dict[str, int]:

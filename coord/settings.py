@@ -6,6 +6,7 @@ every value came from and a bad value fails with one line naming the field and i
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
@@ -21,6 +22,19 @@ from coord.errors import SettingsError
 
 ENV_PREFIX = "COORD_"
 DEFAULT_SOURCE = "default"
+# COORD_* variables that are not settings, so an unknown-variable check must let them pass: read or set by
+# coord itself, its scripts or its tests. Anything else under the prefix is most likely a misspelt setting,
+# which would otherwise be ignored without a word (a mistyped COORD_DATABASE_URL means a local SQLite file).
+NOT_SETTINGS = {
+    "COORD_CONFIG": "the settings file (read by load_settings)",
+    "COORD_AGENT": "the agent `coord mcp` acts for (coord/cli/mcp_cmd.py)",
+    "COORD_EVENT": "set by coord for notify_command (coord/notifiers.py)",
+    "COORD_APPROVAL_ID": "set by coord for notify_command (coord/notifiers.py)",
+    "COORD_DEMO_STATE": "scripts/demo.py's state folder",
+    "COORD_EXTRAS": "the extras scripts/_bootstrap.sh installs",
+    "COORD_AGENT_COLLECTIONS": "the agent collections tests/unit/test_agentfiles.py reads",
+}
+NOT_SETTINGS_PREFIXES = ("COORD_TEST_",)  # test servers, workers, hooks, seeds (tests/, scripts/test)
 
 
 def _default_state_dir() -> Path:
@@ -81,6 +95,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["npm:*", "pypi:*", "github:anthropics/*", "github:modelcontextprotocol/*"]
     )
     approval_ttl: timedelta = timedelta(hours=24)
+    # A collaboration request nobody accepts within this is reported back to its requester as unanswered
+    # (the periodic `expire_collaborations` job); a request may name a shorter or longer deadline itself.
+    collaboration_ttl: timedelta = Field(timedelta(hours=24), gt=timedelta(0), le=timedelta(days=30))
     install_timeout: float = Field(300.0, gt=0)
     sandbox: Literal["auto", "bwrap", "none"] = "auto"
     mcp_config_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
@@ -214,8 +231,20 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment sets; SettingsError naming any COORD_* variable that is none of them."""
     known = {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
+    unknown = sorted(key for key in env if key.startswith(ENV_PREFIX) and key not in known
+                     and key not in NOT_SETTINGS and not key.startswith(NOT_SETTINGS_PREFIXES))
+    if unknown:
+        raise SettingsError("; ".join(_unknown_variable(key, [*known, *NOT_SETTINGS]) for key in unknown)
+                            + "; see `coord config show` for the names")
     return {known[key]: value for key, value in env.items() if key in known}
+
+
+def _unknown_variable(key: str, names: list[str]) -> str:
+    # Compared without the shared prefix, which would make any two names look alike.
+    close = difflib.get_close_matches(key.removeprefix(ENV_PREFIX), [n.removeprefix(ENV_PREFIX) for n in names], n=1)
+    return f"unknown environment variable {key}" + (f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else "")
 
 
 def load_settings(

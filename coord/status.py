@@ -6,7 +6,9 @@ their own section here rather than growing the CLI.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,7 +44,7 @@ def _queue_engine(settings: Any) -> dict[str, Any]:
 
     location = settings.queue_location
     if not location.startswith(("redis://", "rediss://", "unix://")):
-        return {"engine": "sqlite", "url": location}
+        return {"engine": "sqlite", "url": location, **_sqlite_queue_file(Path(location))}
     out: dict[str, Any] = {"engine": "redis", "url": hide_password(location)}
     try:
         import redis
@@ -52,6 +54,19 @@ def _queue_engine(settings: Any) -> dict[str, Any]:
     except Exception as exc:  # redis errors, OSError, a malformed URL: all mean "not usable"
         out.update(reachable=False, error=f"queue {out['url']} is not reachable: {' '.join(str(exc).split())}")
     return out
+
+
+def _sqlite_queue_file(path: Path) -> dict[str, Any]:
+    """The SqliteHuey file can be used when it is readable and writable, or, not made yet, when the nearest
+    existing folder above it is writable (the first worker creates it). Status itself creates nothing."""
+    if path.exists():
+        ok = os.access(path, os.R_OK | os.W_OK)
+        return {"reachable": True} if ok else {"reachable": False, "error": f"queue file {path} is not writable"}
+    folder = next(p for p in path.parents if p.exists())  # the root always exists
+    if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+        return {"reachable": True}
+    why = "is not a folder" if not folder.is_dir() else "is not writable"
+    return {"reachable": False, "error": f"queue file {path} cannot be created: {folder} {why}"}
 
 
 def _queue(s: Any, now: Any) -> dict[str, Any]:
@@ -144,6 +159,16 @@ def _periodic(s: Any, now: Any) -> list[dict[str, Any]]:
         }
         for r in s.scalars(select(PeriodicRun).order_by(PeriodicRun.name))
     ]
+
+
+def reachability(part: dict[str, Any]) -> str:
+    """`reachable`, or `UNREACHABLE: why`: one word a person can scan for, and the reason."""
+    return "reachable" if part.get("reachable") else "UNREACHABLE: " + part.get("error", "no answer")
+
+
+def healthy(report: dict[str, Any]) -> bool:
+    """Both engines answer; otherwise `coord status` exits 69 (EX_UNAVAILABLE), as coord does everywhere."""
+    return bool(report["database"]["reachable"] and report["queue"].get("reachable"))
 
 
 def collect(settings: Any, db: Any) -> dict[str, Any]:

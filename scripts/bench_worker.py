@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,13 +208,15 @@ def coord_latency(rate: float, seconds: float, synchronous: str = "FULL",
 
         def poll() -> None:
             con = sqlite3.connect(f"file:{w.db}?mode=ro", uri=True, timeout=30)
-            last = 0
+            newest = ""
             while not stop.is_set():
-                rows = con.execute("SELECT rowid, ref_id FROM inbox WHERE rowid > ? ORDER BY rowid", (last,)).fetchall()
+                # Rows commit slightly out of creation order (two worker threads): look a second back.
+                since = (datetime.fromisoformat(newest) - timedelta(seconds=1)).isoformat(sep=" ") if newest else ""
+                rows = con.execute("SELECT created_at, ref_id FROM inbox WHERE created_at >= ?", (since,)).fetchall()
                 now = time.perf_counter()
-                for rowid, ref in rows:
+                for created, ref in rows:
                     seen.setdefault(ref, now)
-                    last = rowid
+                    newest = max(newest, created)
                 time.sleep(0.001)
             con.close()
 

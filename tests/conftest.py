@@ -62,7 +62,8 @@ def pg_database() -> Iterator[str]:
         _skip_reasons.add(_PG_SKIP)
         pytest.skip(_PG_SKIP)
     name = f"coord_t_{os.getpid()}_{os.urandom(4).hex()}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: a serial test may restart PostgreSQL between this CREATE and the DROP after the test.
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)

@@ -54,6 +54,12 @@ def installs_show(ctx: click.Context, state: CliState, install_id: str) -> None:
             names = info["required_secrets"]
             console.print(f"[bold yellow]set these before starting the server:[/] {', '.join(names)} "
                           "(in the environment your MCP client starts from; coord never stores their values)")
+        pin = (info["details"] or {}).get("tools_pin")  # MCP servers: coord.installer.toolpin
+        if pin:
+            what = (f"{pin['tools']} tools pinned" if pin["status"] == "pinned"
+                    else f"NOT RECORDED ({pin['reason']}); `coord mcp verify` has nothing to compare against")
+            console.print(f"[bold]{'tool pin':14}[/] ", end="")
+            console.print(f"{what} (sandbox {pin['sandbox']})", markup=False, soft_wrap=True)
         console.print("[bold]plan[/]")
         console.print(json.dumps(info["plan"], indent=2), markup=False)
         if info["steps"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from coord.cli.main import CliState, pass_state
 from coord.cli.output import console, fmt, show, table
@@ -12,9 +13,10 @@ from coord.cli.output import console, fmt, show, table
 @pass_state
 @click.pass_context
 def status(ctx: click.Context, state: CliState) -> None:
-    """Engine, queue depth, workers alive, recent failures."""
+    """Engines and whether they answer, queue depth, workers alive, recent failures. Exit 69 when the
+    database or the queue engine is unreachable."""
     from coord.db import Database
-    from coord.status import collect
+    from coord.status import collect, healthy, reachability
 
     s = state.settings
     db = Database(s.db_url, sqlite_synchronous=s.sqlite_synchronous)
@@ -23,11 +25,12 @@ def status(ctx: click.Context, state: CliState) -> None:
 
     def human() -> None:
         d = report["database"]
-        console.print(f"[bold]database[/]  {d['engine']} {d['url']} "
-                      f"{'reachable' if d['reachable'] else 'UNREACHABLE: ' + d.get('error', '')}"
-                      f"{'' if not d.get('schema') else ' schema ' + str(d['schema'])}")
+        # One unwrapped line per engine (people copy URLs and paths out of it; scripts grep it), escaped
+        # because a URL or an error text may hold brackets rich would read as markup.
+        console.print("[bold]database[/]  " + escape(f"{d['engine']} {d['url']} {reachability(d)}"
+                      f"{'' if not d.get('schema') else ' schema ' + str(d['schema'])}"), soft_wrap=True)
         q = report["queue"]
-        console.print(f"[bold]queue[/]     {q['url']}")
+        console.print("[bold]queue[/]     " + escape(f"{q['engine']} {q['url']} {reachability(q)}"), soft_wrap=True)
         if not d["reachable"]:
             return
         console.print(f"[bold]jobs[/]      pending {q['pending_jobs']}, oldest {fmt(q['oldest_pending_age_s'])} s, "
@@ -59,7 +62,7 @@ def status(ctx: click.Context, state: CliState) -> None:
                   [(e["id"], e["job"], e["status"], e["attempts"], e["error"]) for e in q["last_errors"]])
 
     show(ctx, report, human)
-    if not report["database"]["reachable"]:
+    if not healthy(report):
         ctx.exit(69)
 
 

@@ -10,11 +10,11 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy import Table, bindparam, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from coord.db.models import Task
+from coord.db.models import Agent, Task
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -32,12 +32,11 @@ class Backend:
         raise NotImplementedError
 
     def claim_statement(self, agent_id: str, claimer: str, now: datetime, lease_until: datetime) -> Any:
-        """One atomic UPDATE ... RETURNING that moves the best pending task of `agent_id` to claimed.
-
-        Core (table) statements, not ORM ones: this is every claimer's hot path and the ORM's bulk-update
-        machinery costs more CPU than the statement itself.
+        """One atomic UPDATE ... RETURNING that moves the best pending task of `agent_id` to claimed, if
+        the agent is active. The same statement as coord/db/sqlite_queue.py's, which SQLite runs instead.
         """
         t = Task.__table__.c
+        a = Agent.__table__.c
         pick = (
             select(t.id)
             .where(t.to_agent == agent_id, t.status == "pending")
@@ -47,7 +46,7 @@ class Backend:
         pick = self._lock_pick(pick)
         return (
             update(Task.__table__)
-            .where(t.id == pick.scalar_subquery())
+            .where(t.id == pick.scalar_subquery(), exists().where(a.id == agent_id, a.status == "active"))
             .values(
                 status="claimed",
                 claimed_by=claimer,

@@ -127,6 +127,16 @@ class Database:
             yield conn
 
     @contextmanager
+    def raw_connection(self) -> Iterator[Any]:
+        """SQLite only: the pooled sqlite3 connection itself, in autocommit mode (it runs its own BEGIN
+        IMMEDIATE). For the claim hot path (coord/db/sqlite_queue.py) and nothing else."""
+        fairy = self.engine.raw_connection()
+        try:
+            yield fairy.driver_connection
+        finally:
+            fairy.close()
+
+    @contextmanager
     def reader(self) -> Iterator[Session]:
         with self._transaction(self._read) as s:
             yield s

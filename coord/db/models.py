@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -144,8 +145,17 @@ class Task(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (
-        Index("ix_tasks_claim", "to_agent", "status", "priority", "created_at"),
-        Index("ix_tasks_lease", "status", "lease_expires_at"),
+        # Partial indexes (migration 0002): they hold only the tasks a claim or the reaper looks for, so they
+        # stay small while finished tasks pile up for months, and a state change touches fewer pages. The
+        # claim index follows the claim's exact order: one index seek per claim, however long the queue.
+        Index(
+            "ix_tasks_claim", "to_agent", priority.desc(), "created_at", "id",
+            sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_tasks_lease", "lease_expires_at",
+            sqlite_where=text("status = 'claimed'"), postgresql_where=text("status = 'claimed'"),
+        ),
     )
 
 
@@ -163,6 +173,9 @@ class InboxMessage(Base):
     __table_args__ = (
         UniqueConstraint("agent_id", "kind", "ref_id", name="uq_inbox_once"),
         Index("ix_inbox_agent", "agent_id", "read_at", "created_at"),
+        # SQLite: rows live in the primary-key b-tree (a ULID, so appends), not in a rowid table plus a key
+        # index: one b-tree fewer to write per notification, on every completed task (migration 0002).
+        {"sqlite_with_rowid": False},
     )
 
 

@@ -137,7 +137,8 @@ def probe_reason() -> str:
 
 
 def _bwrap_flags(
-    *, cwd: Path, writable: Sequence[Path], readable: Sequence[Path], network: bool, env: Mapping[str, str]
+    *, cwd: Path, writable: Sequence[Path], readable: Sequence[Path], network: bool, env: Mapping[str, str],
+    clearenv: bool = True,
 ) -> list[str]:
     # Order matters: later mounts land on top of earlier ones, so a writable path under /tmp is bound
     # after the private /tmp hides the host's, and writable binds come after read-only ones.
@@ -151,7 +152,7 @@ def _bwrap_flags(
         flags.append("--share-net")
     # --die-with-parent ties the sandbox to the *thread* that started it; run() blocks that thread
     # until the end, so this only fires when coord itself dies.
-    flags += ["--die-with-parent", "--new-session", "--clearenv"]
+    flags += ["--die-with-parent", "--new-session", *(["--clearenv"] if clearenv else [])]
     for key, value in env.items():
         flags += ["--setenv", key, value]
     flags += ["--chdir", str(cwd)]
@@ -341,9 +342,10 @@ def run(
 
 def bwrap_argv(
     argv: list[str], *, cwd: Path, writable: list[Path], network: bool,
-    readable: list[Path] | None = None, env: Mapping[str, str] | None = None,
+    readable: list[Path] | None = None, env: Mapping[str, str] | None = None, clearenv: bool = True,
 ) -> list[str]:
-    """The full bwrap command line `run` would use (for audit displays and tests)."""
+    """The full bwrap command line `run` would use (for audit displays and tests). clearenv=False: the
+    sandbox keeps the environment its starter gives it, for values that must not show in argv (secrets)."""
     bwrap = shutil.which("bwrap") or "bwrap"
     return [bwrap, *_bwrap_flags(cwd=cwd, writable=writable, readable=readable or [], network=network,
-                                 env=env or {}), "--", *_check_argv(argv)]
+                                 env=env or {}, clearenv=clearenv), "--", *_check_argv(argv)]

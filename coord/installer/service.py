@@ -14,7 +14,8 @@ Two outbox jobs, so that no transaction is open while install processes run for 
    gets its launch spec written into every configured client config file. A failure a retry may fix (a
    timeout, a download step) raises InstallRetry: run_job records it and runs the job again after a
    backoff, until max_attempts. The install ends `installed` or `failed` with the reason; the proposal
-   `executed` or `failed`.
+   `executed` or `failed`. An installed MCP server is started once, sandboxed, and its tools pinned
+   (coord.installer.toolpin); when that cannot be done the install still succeeds and says why.
 
 Install statuses: pending -> queued -> running -> installed | retrying | interrupted | failed; `denied`;
 later `rolled_back` (coord.installer.history). Secrets an MCP server needs are written as `${VAR}`
@@ -39,6 +40,7 @@ from coord import audit
 from coord.clock import utcnow
 from coord.db.models import Install, InstallAttempt, OutboxJob, Proposal
 from coord.errors import Conflict, CoordError, InvalidInput, PolicyDenied
+from coord.installer import toolpin
 from coord.installer.install import InstallOutcome
 from coord.installer.install import install as install_plan
 from coord.installer.install import rollback as rollback_prefix
@@ -74,10 +76,11 @@ def verify_timeout(settings: Any) -> float:
 
 
 def install_lease(settings: Any) -> timedelta:
-    """How long a worker holds an `install` job: every step of one attempt at its timeout, plus verify and
-    a margin. Shorter, and a second worker would start the same install while the first still runs."""
+    """How long a worker holds an `install` job: every step of one attempt at its timeout, plus verify, the
+    MCP tool pin and a margin. Shorter, and a second worker would start the same install while the first
+    still runs."""
     return timedelta(seconds=settings.install_timeout * STEPS_PER_ATTEMPT + verify_timeout(settings)
-                     + LEASE_MARGIN)
+                     + toolpin.pin_timeout(settings) + LEASE_MARGIN)
 
 
 def options_for(settings: Any) -> InstallOptions:
@@ -224,6 +227,7 @@ class _Result:
     prefix: str | None = None
     changes: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    pin: toolpin.InstallPin | None = None  # an MCP server's tools, listed once it is configured
 
 
 def _prefix_change(outcome: InstallOutcome) -> dict[str, Any]:
@@ -275,6 +279,7 @@ def _attempt(db: Any, settings: Any, snap: _Snapshot, attempt: int, worker: str,
             if outcome is not None and not outcome.already_installed:
                 rollback_prefix(outcome)  # an unconfigured server is not an install; a retry starts clean
             return _Result("failed", exc.message, False, details=result.details)
+        result.pin = toolpin.snapshot_at_install(settings, snap.details["launch_spec"])
     return result
 
 
@@ -329,6 +334,8 @@ def _record(db: Any, snap: _Snapshot, result: _Result, attempt: int, max_attempt
                          prefix=result.prefix, approved_by=install.approved_by, required_secrets=secrets or None,
                          changes=[{k: c.get(k) for k in ("type", "path", "prefix", "name", "action")}
                                   for c in result.changes])
+            if result.pin is not None:
+                toolpin.record_at_install(s, install, result.pin, now)
         elif retry:
             install.status = "retrying"
             install.error = f"attempt {attempt} of {max_attempts}: {result.error}; retrying after a backoff"
@@ -342,6 +349,12 @@ def _record(db: Any, snap: _Snapshot, result: _Result, attempt: int, max_attempt
             audit.record(s, ACTOR, "install.failed", "install", install.id, now, attempt=attempt, error=install.error)
     if result.status == "installed":
         log.info("install.installed", install_id=snap.id, name=snap.name, prefix=result.prefix, attempt=attempt)
+        if result.pin is not None and result.pin.tools_hash:
+            log.info("mcp.tools_pinned", install_id=snap.id, tools_hash=result.pin.tools_hash,
+                     tools=len(result.pin.tools), sandbox=result.pin.sandbox)
+        elif result.pin is not None:
+            log.warning("mcp.tools_not_pinned", install_id=snap.id, reason=result.pin.reason,
+                        sandbox=result.pin.sandbox, how="`coord mcp verify` has no pin to compare against")
         if secrets:
             log.warning("install.needs_secrets", install_id=snap.id, server=snap.details.get("server_key"),
                         variables=secrets, how="set these in the environment your MCP client starts from "

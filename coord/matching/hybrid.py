@@ -41,10 +41,11 @@ POOL = 50  # semantic candidates taken before fusion (the lexical side brings up
 # A candidate found by meaning alone must be at least this close to the need. MiniLM cosines are low in
 # absolute terms: on scripts/eval-queries.tsv the right agent's cosine has a median of 0.38 and a 10th
 # percentile of 0.23, while needs nobody in the collection serves ("banana bread recipe", "knitting a
-# sweater") top out at 0.15-0.21. Hybrid top-3 on paraphrased needs by floor: none or 0.2 76 %,
-# 0.25 73 %, 0.3 72 %. Below the floor a need with no lexical evidence gets no candidate, which is
-# what still lets `no_expert_available` (and its gap) happen. It cannot separate every unrelated need
-# from every right answer (the two ranges overlap): a need nobody serves may get a weak candidate.
+# sweater") top out at 0.15-0.21. Hybrid top-1 / top-3 on paraphrased needs by floor: none or 0.2
+# 64.5 % / 77.4 %, 0.25 63 % / 73 %, 0.3 61 % / 73 %. Below the floor a need with no lexical evidence
+# gets no candidate, which is what still lets `no_expert_available` (and its gap) happen. It cannot
+# separate every unrelated need from every right answer (the two ranges overlap): a need nobody serves
+# may get a weak candidate.
 MIN_COSINE = 0.2
 # Higher floors for needs of one or two content words. Short texts embed poorly: lone words unrelated
 # to every agent reach 0.35-0.38 against the public collection ("plumbing", "wedding planning"), and

@@ -299,8 +299,11 @@ def verify_install(coordinator: Any, name: str, *, actor: str = "coord", timeout
         install = find_install(s, name)
         repinned_by = apply_approved_repins(s, install, coordinator.now())
         if not install.tools_hash:
+            # The installer records why it could not pin (coord.installer.toolpin): say it again here.
+            why = ((install.details or {}).get("tools_pin") or {}).get("reason")
             raise Conflict(f"MCP server {name!r} has no pinned tool hash: its tools were never recorded when it "
-                           "was approved, so there is nothing to verify against", install_id=install.id)
+                           "was approved, so there is nothing to verify against"
+                           + (f" (at install: {why})" if why else ""), install_id=install.id)
         spec = launch_spec_of(install, coordinator.settings.mcp_config_files)
         install_id, pinned, before = install.id, install.tools_hash, pinned_tools(s, install)
     digest, tools = snapshot_tools(spec, timeout=timeout)

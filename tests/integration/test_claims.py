@@ -13,13 +13,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import make_settings
 from sqlalchemy import func, insert, select
 
 from coord.client import Coordinator
 from coord.clock import utcnow
+from coord.db import sqlite_queue
 from coord.db.models import InboxMessage, Task
 from coord.delegation import reap_expired_leases
-from coord.errors import LeaseLost
+from coord.errors import LeaseLost, NotFound
 from coord.settings import Settings, load_settings
 
 N_TASKS = 5_000
@@ -36,19 +38,25 @@ def _values(settings: Settings) -> dict[str, Any]:
 
 
 def _claimer(values: dict[str, Any], name: str) -> list[tuple[str, int, str]]:
-    """Child process: claim and complete until nothing is left; any exception fails the parent's test."""
+    """Child process: claim and complete until nothing is left; any exception fails the parent's test.
+    Odd-numbered claimers complete and claim the next task in one call, the others in two."""
     from coord.logs import configure_logging
 
     configure_logging("warning")
     coordinator = Coordinator(load_settings(overrides=values, env={}).settings)
+    combined = int(name.rsplit("-", 1)[1]) % 2 == 1
     seen: list[tuple[str, int, str]] = []
     try:
-        while True:
-            claim = coordinator.claim_next(WORKER, claimer=name, lease_seconds=600)
-            if claim is None:
-                break
+        claim = coordinator.claim_next(WORKER, claimer=name, lease_seconds=600)
+        while claim is not None:
             seen.append((claim.task_id, claim.token, name))
-            coordinator.complete(claim.task_id, claim.token, {"by": name})
+            if combined:
+                claim = coordinator.complete_and_claim(
+                    claim.task_id, claim.token, {"by": name}, agent_id=WORKER, claimer=name, lease_seconds=600
+                )
+            else:
+                coordinator.complete(claim.task_id, claim.token, {"by": name})
+                claim = coordinator.claim_next(WORKER, claimer=name, lease_seconds=600)
     finally:
         coordinator.close()
     return seen
@@ -239,3 +247,73 @@ def test_claims_follow_priority_then_age(clocked):
     while (claim := c.claim_next(WORKER)) is not None:
         claimed.append(ids[claim.task_id])
     assert claimed == ["crit-old", "crit-new", "high", "medium", "low-old", "low-new"]
+
+
+def test_complete_and_claim_takes_the_next_task_in_one_call(clocked):
+    c, clock = clocked
+    ids = {}
+    for title, prio in [("second", "high"), ("first", "critical"), ("third", "low")]:
+        ids[_delegate(c, title, priority=prio)] = title
+        clock.advance(1)
+    claim = c.claim_next(WORKER, lease_seconds=30)
+    done = []
+    while claim is not None:
+        info = c.get_task(claim.task_id)
+        assert (info.status, info.lease_expires_at) == ("claimed", claim.lease_expires_at)
+        done.append(ids[claim.task_id])
+        claim = c.complete_and_claim(claim.task_id, claim.token, {"n": len(done)}, agent_id=WORKER, lease_seconds=30)
+    assert done == ["first", "second", "third"]
+    assert {c.get_task(t).status for t in ids} == {"completed"}
+    assert sorted(m.ref_id for m in c.inbox(BOSS) if m.kind == "task_completed") == sorted(ids)
+
+
+def test_complete_and_claim_with_a_stale_token_changes_nothing(clocked):
+    c, clock = clocked
+    first, second = _delegate(c, "one"), _delegate(c, "two")
+    claim = c.claim_next(WORKER, lease_seconds=5)
+    clock.advance(6)
+    with pytest.raises(LeaseLost, match="expired"):
+        c.complete_and_claim(claim.task_id, claim.token, {"late": True}, agent_id=WORKER)
+    assert [c.get_task(t).status for t in (first, second)] == ["claimed", "pending"]
+    assert c.inbox(BOSS) == []
+
+
+def test_complete_and_claim_replayed_claims_afresh(clocked):
+    """The answer of the first call was lost: the replay completes nothing twice and hands out a task
+    nobody holds (the one claimed by the lost answer waits for its lease to lapse)."""
+    c, _clock = clocked
+    a, b, d = (_delegate(c, t) for t in ("a", "b", "c"))
+    claim = c.claim_next(WORKER)
+    lost = c.complete_and_claim(claim.task_id, claim.token, {"ok": 1}, agent_id=WORKER)
+    again = c.complete_and_claim(claim.task_id, claim.token, {"ok": 1}, agent_id=WORKER)
+    assert (claim.task_id, lost.task_id, again.task_id) == (a, b, d)
+    assert [m.ref_id for m in c.inbox(BOSS)] == [a]
+
+
+def test_complete_and_claim_on_an_empty_queue_returns_none(clocked):
+    c, _clock = clocked
+    task_id = _delegate(c, "only")
+    claim = c.claim_next(WORKER)
+    assert c.complete_and_claim(task_id, claim.token, agent_id=WORKER) is None
+    assert c.get_task(task_id).status == "completed"
+
+
+def test_a_removed_agent_claims_nothing(clocked):
+    c, _clock = clocked
+    _delegate(c, "orphan")
+    c.remove_agent(WORKER)
+    with pytest.raises(NotFound, match="was removed"):
+        c.claim_next(WORKER)
+    assert [t.status for t in c.tasks(agent_id=WORKER)] == ["pending"]
+
+
+def test_a_claim_is_one_index_seek_however_long_the_queue(tmp_path):
+    """SQLite: the claim's ORDER BY is the claim index's order, so no sort of the pending tasks."""
+    c = Coordinator(make_settings(tmp_path))
+    try:
+        with c.db.raw_connection() as con:
+            plan = con.execute("EXPLAIN QUERY PLAN " + sqlite_queue._CLAIM, ("w", "me", "t0", "t1")).fetchall()
+    finally:
+        c.close()
+    details = " | ".join(row[-1] for row in plan)
+    assert "ix_tasks_claim" in details and "TEMP B-TREE" not in details, details

@@ -14,7 +14,9 @@ from conftest import make_settings
 
 from coord.client import Coordinator
 from coord.collaboration import expire_unanswered
-from coord.errors import Conflict, InvalidInput, NotFound
+from coord.db.models import CollaborationRequest, PeriodicRun
+from coord.errors import Conflict, InvalidInput, NotFound, SettingsError
+from coord.periodic import run_periodic
 
 REQUESTER = "mobile-expert"
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -35,9 +37,10 @@ class Clock:
 
 
 @pytest.fixture
-def c(tmp_path: Path, db_url: str) -> Iterator[Coordinator]:
+def c(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[Coordinator]:
     clock = Clock()
-    c = Coordinator(make_settings(tmp_path, db_url, sqlite_synchronous="NORMAL"), clock=clock)
+    extra = getattr(request, "param", {})  # indirect parametrization: settings for one test
+    c = Coordinator(make_settings(tmp_path, db_url, sqlite_synchronous="NORMAL", **extra), clock=clock)
     c.register_agent(REQUESTER, "Builds mobile apps", expertise=["mobile"])
     c.register_agent("chain-a", "Blockchain and smart contracts", expertise=["blockchain"])
     c.register_agent("chain-b", "Crypto wallets on the blockchain", expertise=["blockchain", "wallets"])
@@ -137,3 +140,49 @@ def test_bad_input(c: Coordinator) -> None:
         c.respond_collaboration(rid, "chain-a", accept=True, note="x" * 5000)
     with pytest.raises(InvalidInput):
         c.request_collaboration(REQUESTER, "blockchain", {}, deadline_seconds=0)
+
+
+def expire(c: Coordinator, at: datetime, worker: str = "w1") -> dict | None:
+    """The worker's periodic path (worker/periodic.py runs exactly this for each job in coord.periodic.JOBS)."""
+    return run_periodic(c.db, c.settings, "expire_collaborations", worker_id=worker, now=at)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("c", [{"collaboration_ttl": 3600}], indirect=True)
+def test_periodic_job_expires_unanswered_requests(c: Coordinator) -> None:
+    assert c.settings.collaboration_ttl == timedelta(hours=1)
+    rid = ask(c)  # no deadline named: the setting's hour
+    assert c.get_collaboration(rid).deadline == T0 + timedelta(hours=1)
+    assert expire(c, T0 + timedelta(minutes=59)) == {"expired": 0}  # not yet: still open, nobody told
+    assert c.get_collaboration(rid).status == "open" and "collaboration_unanswered" not in kinds(c, REQUESTER)
+    assert expire(c, T0 + timedelta(minutes=59, seconds=30), worker="w2") is None  # that period already ran
+
+    assert expire(c, T0 + timedelta(hours=1)) == {"expired": 1}
+    assert c.get_collaboration(rid).status == "unanswered"
+    assert kinds(c, REQUESTER)["collaboration_unanswered"]["why"] == "nobody accepted before the deadline"
+    with c.db.reader() as s:
+        run = s.get(PeriodicRun, "expire_collaborations")
+        assert (run.runs, run.result, run.last_error) == (2, {"expired": 1}, None)
+    assert expire(c, T0 + timedelta(hours=2)) == {"expired": 0}  # reported once, not again
+    assert len([i for i in c.inbox(REQUESTER) if i.kind == "collaboration_unanswered"]) == 1
+
+
+@pytest.mark.parametrize("c", [{"collaboration_ttl": 600}], indirect=True)
+def test_periodic_job_keeps_answered_and_own_deadlines_and_ages_requests_without_one(c: Coordinator) -> None:
+    accepted, longer, undated = ask(c), ask(c, deadline_seconds=7200), ask(c)
+    c.respond_collaboration(accepted, "chain-a", accept=True)
+    with c.db.session() as s:  # a row without a deadline (the column allows it): aged by collaboration_ttl
+        s.get(CollaborationRequest, undated).deadline = None
+    assert expire(c, T0 + timedelta(seconds=599)) == {"expired": 0}
+    assert expire(c, T0 + timedelta(seconds=600)) == {"expired": 1}
+    status = {r: c.get_collaboration(r).status for r in (accepted, longer, undated)}
+    assert status == {accepted: "assigned", longer: "open", undated: "unanswered"}
+    assert expire(c, T0 + timedelta(hours=2)) == {"expired": 1}  # its own, longer deadline
+    assert c.get_collaboration(longer).status == "unanswered"
+
+
+def test_collaboration_ttl_out_of_range_is_a_settings_error(tmp_path: Path) -> None:
+    for bad in (0, 31 * 24 * 3600):
+        with pytest.raises(SettingsError, match="invalid setting collaboration_ttl") as err:
+            make_settings(tmp_path, collaboration_ttl=bad)
+        assert err.value.exit_code == 78

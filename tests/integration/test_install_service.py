@@ -153,6 +153,10 @@ def test_mcp_install_writes_a_pinned_entry_with_secret_references_and_rolls_back
         ran = subprocess.run([entry["command"], "hi"], capture_output=True, text=True, check=True)
         assert "hello from coord npm fixture 1.0.0 hi" in ran.stdout
         assert install.details["required_secrets"] == ["HELLO_API_KEY"]
+        # hello-npm prints a line and exits: no MCP server to list tools from, so no pin, and the reason kept.
+        assert install.tools_hash is None and install.details["tools_pin"]["status"] == "not_recorded"
+        assert "could not list the tools of MCP server" in install.details["tools_pin"]["reason"]
+        assert _audit(c, install.id)[-1] == "mcp.tools_not_pinned"
         assert InstallDesk(settings, c.db).show(install.id)["required_secrets"] == ["HELLO_API_KEY"]
         # The backup of the user's file went to coord's state dir, not into the project.
         # (only the config and our hidden sidecar lock stand in the project)

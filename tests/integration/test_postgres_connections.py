@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import PG_URL, make_settings
+from conftest import PG_URL, make_settings, pg_skip_reason
 from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from coord.cli.main import cli
 from coord.client import Coordinator
@@ -167,3 +170,65 @@ def test_start_of_a_transaction_is_retried_once(tmp_path: Path, pg_database: str
         assert refusals["tried"] == 2  # one retry, never a loop
     finally:
         db.dispose()
+
+
+# --- the test fixtures' own admin engine (tests/conftest.py): serial tests restart the server mid-run ----
+
+
+def _terminate(where: str, **params: object) -> int:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            return len(c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where} "
+                                      "AND pid <> pg_backend_pid()"), params).all())
+    finally:
+        admin.dispose()
+
+
+def _exists(name: str) -> bool:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            return c.scalar(text("SELECT count(*) FROM pg_database WHERE datname = :d"), {"d": name}) == 1
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def dropped_after() -> Iterator[dict[str, str]]:
+    """Requested before pg_database, so torn down after it: checks that fixture really dropped its database."""
+    seen: dict[str, str] = {}
+    yield seen
+    assert seen and not _exists(seen["name"]), f"pg_database left {seen} behind"
+
+
+@pytest.mark.postgres
+def test_fixture_drops_its_database_after_its_admin_connection_was_killed(
+        dropped_after: dict[str, str], pg_database: str) -> None:
+    name = make_url(pg_database).database
+    dropped_after["name"] = name
+    assert _exists(name)
+    # The fixture's pooled admin connection (idle, its last statement this CREATE; nobody else's is), killed
+    # as a server restart would: its teardown must still drop the database (pool_pre_ping reconnects).
+    assert _terminate("state = 'idle' AND query = :q", q=f'CREATE DATABASE "{name}"') == 1
+
+
+@pytest.mark.postgres
+def test_a_killed_pooled_connection_fails_the_next_use_without_pre_ping() -> None:
+    """Why the fixture pings: without it the first statement after a restart goes to a dead connection."""
+    if pg_skip_reason():
+        pytest.skip(pg_skip_reason())
+    for pre_ping in (False, True):
+        engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=pre_ping)
+        try:
+            with engine.connect() as c:
+                pid = c.scalar(text("SELECT pg_backend_pid()"))
+            assert _terminate("pid = :p", p=pid) == 1
+            if pre_ping:
+                with engine.connect() as c:
+                    assert c.scalar(text("SELECT 1")) == 1
+            else:
+                with pytest.raises(OperationalError), engine.connect() as c:
+                    c.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()

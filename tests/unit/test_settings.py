@@ -117,3 +117,64 @@ def test_unreadable_config_files_are_named(tmp_path: Path):
 def test_blank_database_url_means_the_default(tmp_path: Path):
     loaded = load_settings(overrides={"state_dir": str(tmp_path)}, env={"COORD_DATABASE_URL": " "})
     assert loaded.settings.db_url == f"sqlite:///{tmp_path / 'coord.db'}"
+
+
+# --- unknown COORD_* variables ---------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_env_variable_is_one_line_naming_it_and_the_closest_setting():
+    with pytest.raises(SettingsError) as err:
+        load_settings(env={"COORD_DATABSE_URL": "postgresql+psycopg://db/coord", "COORD_LEASE_SECONDS": "30"})
+    message = str(err.value)
+    assert message == ("unknown environment variable COORD_DATABSE_URL (did you mean COORD_DATABASE_URL?); "
+                       "see `coord config show` for the names")
+    assert err.value.exit_code == 78
+
+
+def test_unknown_env_variables_are_all_named_and_a_far_one_gets_no_guess():
+    with pytest.raises(SettingsError) as err:
+        load_settings(env={"COORD_ZZZ": "1", "COORD_LEASE_SECOND": "30"})
+    assert str(err.value) == ("unknown environment variable COORD_LEASE_SECOND (did you mean COORD_LEASE_SECONDS?); "
+                              "unknown environment variable COORD_ZZZ; see `coord config show` for the names")
+
+
+def test_coord_variables_that_are_not_settings_are_allowed(tmp_path: Path):
+    env = {"COORD_AGENT": "backend-dev", "COORD_EVENT": "approval.requested", "COORD_APPROVAL_ID": "a1",
+           "COORD_DEMO_STATE": str(tmp_path), "COORD_EXTRAS": "dev", "COORD_AGENT_COLLECTIONS": str(tmp_path),
+           "COORD_TEST_DATABASE_URL": "postgresql+psycopg://x/y", "COORD_TEST_ANYTHING_NEW": "1",
+           "COORD_LEASE_SECONDS": "30"}
+    assert load_settings(env=env).settings.lease_seconds == 30
+
+
+def test_cli_refuses_an_unknown_variable_with_exit_78(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from coord.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["config", "show"],
+                                env={"COORD_STATE_DIR": str(tmp_path), "COORD_SAFEMODE": "false"})
+    assert result.exit_code == 78, result.output
+    assert "unknown environment variable COORD_SAFEMODE" in result.output and "COORD_SAFE_MODE?" in result.output
+
+
+def test_every_coord_variable_the_project_uses_is_a_setting_or_allowed():
+    """What scripts, units, CI, docs and tests set must never trip the unknown-variable check."""
+    import re
+
+    from coord.settings import NOT_SETTINGS, NOT_SETTINGS_PREFIXES, Settings
+
+    known = {"COORD_" + name.upper() for name in Settings.model_fields} | set(NOT_SETTINGS)
+    # Never reaches load_settings: test_installer_runner proves the install environment drops it.
+    known.add("COORD_SECRET_TOKEN")
+    folders = ["coord", "worker", "scripts", "systemd", ".ci", "docs", "config", "tests"]
+    files = [REPO / "README.md", *(p for f in folders for p in (REPO / f).rglob("*") if p.is_file())]
+    used: dict[str, str] = {}
+    for path in files:
+        if path == Path(__file__) or path.suffix in (".pyc", ".db", ".tgz", ".whl"):
+            continue
+        for name in re.findall(r"\bCOORD_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="replace")):
+            used.setdefault(name, str(path.relative_to(REPO)))
+    stray = {n: p for n, p in used.items() if n not in known and not n.startswith(NOT_SETTINGS_PREFIXES)}
+    assert not stray, f"add these to coord.settings.NOT_SETTINGS (or make them settings): {stray}"
+    assert "COORD_DATABASE_URL" in used  # the scan did find the project's variables

@@ -1,0 +1,130 @@
+"""The claim and complete hot paths on SQLite, as plain DB-API statements.
+
+Every claimer runs these in a loop, so they should cost what SQLite costs: one `BEGIN IMMEDIATE` ...
+`COMMIT` each, one statement inside (two for complete: the update and the delegator's notification).
+Built through SQLAlchemy they cost several times the transaction itself in Python (statement building,
+cache keys, result processing); here they are fixed SQL text that sqlite3 keeps prepared.
+
+PostgreSQL runs the same operations as Core statements (coord/delegation.py, Backend.claim_statement):
+there a server round trip dwarfs the Python. The suite runs both engines through the same tests, so the
+two stay in step. Values are written in the formats SQLAlchemy uses for these columns on SQLite (naive
+UTC `YYYY-MM-DD HH:MM:SS.ffffff`, JSON text), so the ORM reads back exactly what this writes.
+
+A claim first looks without any lock (a WAL read) whether the agent is active and has pending work:
+agents that poll an empty queue never take the write lock from those that have work.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from coord.ids import new_id
+
+_PEEK = (
+    "SELECT (SELECT status FROM agents WHERE id = ?1),"
+    " EXISTS (SELECT 1 FROM tasks WHERE to_agent = ?1 AND status = 'pending')"
+)
+# The pick's ORDER BY matches ix_tasks_claim column for column: one index seek, no sort.
+_CLAIM = (
+    "UPDATE tasks SET status = 'claimed', claimed_by = ?2, claimed_at = ?3, lease_expires_at = ?4,"
+    " lease_token = lease_token + 1, attempts = attempts + 1, updated_at = ?3"
+    " WHERE id = (SELECT id FROM tasks WHERE to_agent = ?1 AND status = 'pending'"
+    "             ORDER BY priority DESC, created_at, id LIMIT 1)"
+    " AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'active')"
+    " RETURNING id, lease_token, from_agent, task_type, priority, payload, attempts"
+)
+_COMPLETE = (
+    "UPDATE tasks SET status = 'completed', completed_at = ?3, result = ?4, lease_expires_at = NULL,"
+    " updated_at = ?3"
+    " WHERE id = ?1 AND status = 'claimed' AND lease_token = ?2 AND lease_expires_at > ?3"
+    " RETURNING from_agent, to_agent"
+)
+_STATE = "SELECT status, lease_token, lease_expires_at FROM tasks WHERE id = ?"
+_NOTIFY = (
+    "INSERT INTO inbox (id, agent_id, kind, ref_id, body, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+class ClaimedRow(NamedTuple):
+    id: str
+    lease_token: int
+    from_agent: str
+    task_type: str
+    priority: int
+    payload: dict[str, Any]
+    attempts: int
+
+
+class TaskState(NamedTuple):
+    status: str
+    lease_token: int
+    lease_expires_at: datetime | None
+
+
+def stored(moment: datetime) -> str:
+    """A UTC datetime as SQLAlchemy's DateTime stores it on SQLite (see coord.db.types.UTCDateTime)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def loaded(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
+
+
+@contextmanager
+def _immediate(con: sqlite3.Connection) -> Iterator[None]:
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _claimed(row: tuple | None) -> ClaimedRow | None:
+    return None if row is None else ClaimedRow(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])
+
+
+def claim(db: Any, agent_id: str, claimer: str, now: datetime, lease_until: datetime) -> tuple[str | None, Any]:
+    """(the agent's status, the claimed row or None). Nothing is claimed unless the agent is active."""
+    with db.raw_connection() as con:
+        agent_status, pending = con.execute(_PEEK, (agent_id,)).fetchone()
+        if agent_status != "active" or not pending:
+            return agent_status, None
+        with _immediate(con):
+            # None when another claimer took the last task between the look and the lock
+            row = con.execute(_CLAIM, (agent_id, claimer, stored(now), stored(lease_until))).fetchone()
+    return agent_status, _claimed(row)
+
+
+def complete(
+    db: Any,
+    task_id: str,
+    token: int,
+    result: dict[str, Any],
+    now: datetime,
+    notice: str,
+    next_claim: tuple[str, str, datetime] | None = None,
+) -> tuple[bool, TaskState | None, ClaimedRow | None]:
+    """(done, state, claimed). Done: the delegator is notified with `notice`, and with `next_claim` =
+    (agent, claimer, lease end) that agent's next task is claimed in the same transaction. Not done:
+    nothing changed, `state` is the task's state (None if there is no such task), for the error."""
+    at = stored(now)
+    with db.raw_connection() as con, _immediate(con):
+        done = con.execute(_COMPLETE, (task_id, token, at, json.dumps(result))).fetchone()
+        if done is None:
+            state = con.execute(_STATE, (task_id,)).fetchone()
+            return False, TaskState(state[0], state[1], loaded(state[2])) if state else None, None
+        from_agent, to_agent = done
+        con.execute(_NOTIFY, (new_id(), from_agent, notice, task_id, json.dumps({"to_agent": to_agent}), at))
+        claimed = None
+        if next_claim is not None:
+            agent_id, claimer, lease_until = next_claim
+            claimed = _claimed(con.execute(_CLAIM, (agent_id, claimer, at, stored(lease_until))).fetchone())
+    return True, None, claimed
