@@ -139,19 +139,17 @@ class Coordinator:
         id: str | None = None,
     ) -> DelegationResult:
         task_id = new_id() if id is None else id
-        with self.db.session() as s:
-            result, outbox = delegation.delegate(
-                s,
-                self.db.backend,
-                self.settings,
-                task_id=task_id,
-                from_agent=from_agent,
-                to_agent=to_agent,
-                payload=task,
-                priority=priority,
-                task_type=task_type,
-                now=self.now(),
-            )
+        result, outbox = delegation.delegate(
+            self.db,
+            self.settings,
+            task_id=task_id,
+            from_agent=from_agent,
+            to_agent=to_agent,
+            payload=task,
+            priority=priority,
+            task_type=task_type,
+            now=self.now(),
+        )
         log.info(
             "delegation." + result.status,
             task_id=task_id,

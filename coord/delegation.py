@@ -27,6 +27,9 @@ from coord.registry import agent_state, inactive_agent, require_active
 from coord.results import Claim, DelegationResult, TaskInfo
 from coord.states import JOB_DISPATCH, PRIORITIES, PRIORITY_NAMES, TASK_TYPES
 
+TASKS = Task.__table__  # Core statements on the hot paths (see Backend.claim_statement)
+NOTICE_COMPLETED = "task_completed"
+
 
 def check_priority(priority: str | int) -> int:
     if isinstance(priority, str) and priority in PRIORITIES:
@@ -39,8 +42,7 @@ def _describe(payload: dict[str, Any]) -> str:
 
 
 def delegate(
-    session: Session,
-    backend: Backend,
+    db: Database,
     settings: Any,
     *,
     task_id: str,
@@ -51,6 +53,8 @@ def delegate(
     task_type: str = "delegation",
     now: datetime,
 ) -> tuple[DelegationResult, list[str]]:
+    """Seed `delegateTask`: a pending task for an active target plus its dispatch job (the target's
+    notification is the worker's part); an unknown target is a recorded gap and ranked alternatives."""
     check_id(task_id, "task id")
     check_id(to_agent, "target agent id")
     if task_type not in TASK_TYPES:
@@ -59,18 +63,41 @@ def delegate(
         priority = payload["priority"]  # the seed passes priority inside the task data
     prio = check_priority(priority)
     data, digest = check_payload(payload, what="task data", max_bytes=settings.max_payload_bytes)
-    require_active(session, from_agent, "delegating agent")
+    row = dict(
+        id=task_id,
+        from_agent=from_agent,
+        to_agent=to_agent,
+        task_type=task_type,
+        payload=data,
+        payload_hash=digest,
+        priority=prio,
+        status="pending",
+        created_at=now,
+        updated_at=now,
+        max_attempts=settings.max_task_attempts,
+    )
+    if db.dialect == "sqlite":  # the common case as plain statements (see sqlite_queue)
+        found = sqlite_queue.delegate(db, row, JOB_DISPATCH, settings.outbox_max_attempts)
+        if found.from_status != "active":
+            raise inactive_agent(from_agent, found.from_status, "delegating agent")
+        if found.existing is not None:
+            return _replayed(task_id, found.existing, from_agent, to_agent, digest), []
+        if found.outbox_id is not None:
+            return DelegationResult("delegated", task_id, to_agent), [found.outbox_id]
+    with db.session() as session:  # PostgreSQL, and on SQLite a target that is missing
+        return _delegate(session, db.backend, settings, row, now)
 
+
+def _delegate(
+    session: Session, backend: Backend, settings: Any, row: dict[str, Any], now: datetime
+) -> tuple[DelegationResult, list[str]]:
+    task_id, from_agent, to_agent, data = row["id"], row["from_agent"], row["to_agent"], row["payload"]
+    require_active(session, from_agent, "delegating agent")
     existing = session.get(Task, task_id)
     if existing is not None:
-        return _replayed(existing, from_agent, to_agent, digest), []
+        return _replayed(task_id, _key(existing), from_agent, to_agent, row["payload_hash"]), []
 
-    target_ok = True
-    try:
-        require_active(session, to_agent, "target agent")
-    except NotFound:
-        target_ok = False
-    if not target_ok:
+    if agent_state(session, to_agent) != "active":
         gap, outbox = record_gap(
             session,
             backend,
@@ -90,31 +117,25 @@ def delegate(
             "agent_not_found", task_id, to_agent, fallback, gap.gap_id, gap.status == "replayed"
         ), outbox
 
-    row = dict(
-        id=task_id,
-        from_agent=from_agent,
-        to_agent=to_agent,
-        task_type=task_type,
-        payload=data,
-        payload_hash=digest,
-        priority=prio,
-        status="pending",
-        created_at=now,
-        updated_at=now,
-        max_attempts=settings.max_task_attempts,
-    )
     if not insert_ignore(session, backend, Task.__table__, row):
         # A concurrent call with the same id committed first (on PostgreSQL both pass the check above):
         # answer it as the replay, or the conflict, that it is instead of failing on the primary key.
-        return _replayed(session.get(Task, task_id), from_agent, to_agent, digest), []
+        existing = _key(session.get(Task, task_id))
+        return _replayed(task_id, existing, from_agent, to_agent, row["payload_hash"]), []
     job = add_job(session, backend, JOB_DISPATCH, task_id, now=now, max_attempts=settings.outbox_max_attempts)
     return DelegationResult("delegated", task_id, to_agent), [job]
 
 
-def _replayed(existing: Task, from_agent: str, to_agent: str, digest: str) -> DelegationResult:
-    if (existing.from_agent, existing.to_agent, existing.payload_hash) != (from_agent, to_agent, digest):
-        raise Conflict(f"task id {existing.id!r} was already used for a different delegation; use a new id")
-    return DelegationResult("delegated", existing.id, to_agent, replayed=True)
+def _key(task: Task) -> tuple[str, str, str]:
+    return task.from_agent, task.to_agent, task.payload_hash
+
+
+def _replayed(
+    task_id: str, existing: tuple[str, str, str], from_agent: str, to_agent: str, digest: str
+) -> DelegationResult:
+    if tuple(existing) != (from_agent, to_agent, digest):
+        raise Conflict(f"task id {task_id!r} was already used for a different delegation; use a new id")
+    return DelegationResult("delegated", task_id, to_agent, replayed=True)
 
 
 def notify(
@@ -129,17 +150,26 @@ def notify(
     )
 
 
-def dispatch(session: Session, backend: Backend, task_id: str, now: datetime) -> bool:
-    """The worker's half of a delegation: tell the target. Idempotent on the task id."""
-    task = session.get(Task, task_id)
-    if task is None:
-        raise NotFound(f"task {task_id!r} vanished before dispatch")
-    body = {
-        "from_agent": task.from_agent,
-        "priority": PRIORITY_NAMES[task.priority],
-        "title": task.payload.get("title"),
-    }
-    return notify(session, backend, task.to_agent, "new_coordination_task", task.id, body, now)
+def dispatch(session: Session, backend: Backend, task_ids: list[str], now: datetime) -> int:
+    """The worker's half of delegations: tell each target, in two statements however many tasks.
+    Idempotent on the task ids (the inbox is unique per agent, kind and task). Returns how many it told."""
+    t = TASKS.c
+    tasks = session.execute(
+        select(t.id, t.from_agent, t.to_agent, t.priority, t.payload).where(t.id.in_(task_ids))
+    ).all()
+    if len(tasks) < len(set(task_ids)):
+        gone = sorted(set(task_ids) - {task.id for task in tasks})
+        raise NotFound(f"task {gone[0]!r} vanished before dispatch")
+    notices = [
+        dict(
+            id=new_id(), agent_id=task.to_agent, kind="new_coordination_task", ref_id=task.id, created_at=now,
+            body={"from_agent": task.from_agent, "priority": PRIORITY_NAMES[task.priority],
+                  "title": task.payload.get("title")},
+        )
+        for task in tasks
+    ]
+    stmt = backend.insert(InboxMessage.__table__).on_conflict_do_nothing()
+    return session.execute(stmt, notices, execution_options={"preserve_rowcount": True}).rowcount
 
 
 def claim_next(db: Database, agent_id: str, *, claimer: str, lease: timedelta, now: datetime) -> Claim | None:
@@ -172,8 +202,6 @@ def _claim(row: Any, lease_until: datetime) -> Claim | None:
     )
 
 
-TASKS = Task.__table__  # Core statements on the hot paths (see Backend.claim_statement)
-NOTICE_COMPLETED = "task_completed"
 
 
 def _held(task_id: str, token: int, now: datetime) -> Any:

@@ -15,7 +15,7 @@ from coord.installer.service import INSTALL_HANDLER, install_lease
 from coord.logs import get_logger
 from coord.matching.index import run_embed_job
 from coord.notifiers import notify_job
-from coord.outbox import Handler, OwnTransactions
+from coord.outbox import Handler, ManyAtOnce, OwnTransactions
 from coord.proposals import propose_for_gap
 from coord.states import JOB_DISPATCH, JOB_EMBED, JOB_EXECUTE, JOB_INSTALL, JOB_NOTIFY_APPROVAL, JOB_PROPOSE
 
@@ -30,9 +30,12 @@ class JobContext:
     db: Any
 
 
-def handle_dispatch(session: Session, row: OutboxJob, ctx: JobContext) -> list[str]:
-    created = dispatch(session, ctx.db.backend, row.ref_id, utcnow())
-    log.info("delegation.dispatched", task_id=row.ref_id, notified=created)
+def dispatch_all(session: Session, rows: list[OutboxJob], ctx: JobContext) -> list[str]:
+    task_ids = [row.ref_id for row in rows]
+    notified = dispatch(session, ctx.db.backend, task_ids, utcnow())
+    for task_id in task_ids:  # one event per delegation, with its id (the batch's rows are in the context)
+        log.info("delegation.dispatched", task_id=task_id)
+    log.info("delegations.dispatched", batch=len(task_ids), notified=notified)
     return []
 
 
@@ -45,7 +48,7 @@ def handle_execute(session: Session, row: OutboxJob, ctx: JobContext) -> list[st
 
 
 HANDLERS: dict[str, Handler] = {
-    JOB_DISPATCH: handle_dispatch,
+    JOB_DISPATCH: ManyAtOnce(dispatch_all),  # a batch of delegations in two statements
     JOB_PROPOSE: handle_propose,
     JOB_EXECUTE: handle_execute,
     JOB_NOTIFY_APPROVAL: OwnTransactions(notify_job),  # network I/O: no transaction held open

@@ -9,11 +9,12 @@ are idempotent on the row: running a row twice has the effect of running it once
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
@@ -79,6 +80,18 @@ class OwnTransactions:
     """
 
     fn: Callable[[Any, str, Any], list[str] | None]
+
+
+@dataclass(frozen=True)
+class ManyAtOnce:
+    """A handler that runs a whole batch of taken rows in one call: `fn(session, rows, ctx)`. For short
+    database-only jobs whose per-row statements would cost more than the work (dispatch). Called with one
+    row, it is an ordinary handler (single runs, and the per-job savepoints of a batch that failed)."""
+
+    fn: Callable[[Session, list[OutboxJob], Any], list[str] | None]
+
+    def __call__(self, session: Session, row: OutboxJob, ctx: Any) -> list[str] | None:
+        return self.fn(session, [row], ctx)
 
 
 Handler = Callable[[Session, OutboxJob, Any], list[str] | None] | OwnTransactions
@@ -159,6 +172,12 @@ def _settle_error(row: OutboxJob, exc: Exception, now: datetime) -> JobOutcome:
     return JobOutcome(row.id, "failed" if final else "retry", row.attempts, error)
 
 
+# Built once: every bell runs it, and building a statement costs more than running it.
+_PEEK = select(OutboxJob.status, OutboxJob.next_attempt_at, OutboxJob.attempts, OutboxJob.job).where(
+    OutboxJob.id == bindparam("id")
+)
+
+
 def run_batch(
     db: Any,
     outbox_id: str,
@@ -181,10 +200,7 @@ def run_batch(
     """
     # Most bells of a busy queue are for rows a batch already ran: answer those with one cheap read.
     with db.read_engine.connect() as conn:
-        peek = conn.execute(
-            select(OutboxJob.status, OutboxJob.next_attempt_at, OutboxJob.attempts, OutboxJob.job)
-            .where(OutboxJob.id == outbox_id)
-        ).first()
+        peek = conn.execute(_PEEK, {"id": outbox_id}).first()
     if peek is None or peek.status != "pending" or peek.next_attempt_at > now():
         # Finished, or leased by a worker running it, or a retry not yet due: a no-op, without the write lock.
         return [JobOutcome(outbox_id, "skipped", peek.attempts if peek else 0)], []
@@ -216,22 +232,23 @@ def _run_taken(db: Any, taken: list[str], job: str, handler: Any, ctx: Any, now:
     follow_ups: list[str] = []
     with db.session() as s:
         rows = {r.id: r for r in s.scalars(select(OutboxJob).where(OutboxJob.id.in_(taken)))}
-        done: list[str] = []
-        for row_id in taken:
-            row = rows[row_id]
-            with bound(outbox_id=row_id, job=job, ref_id=row.ref_id, attempt=row.attempts):
-                if isolate:
+        if isinstance(handler, ManyAtOnce) and not isolate:
+            follow_ups.extend(handler.fn(s, [rows[row_id] for row_id in taken], ctx) or [])
+            outcomes = [JobOutcome(row_id, "done", rows[row_id].attempts) for row_id in taken]
+        else:
+            for row_id in taken:
+                row = rows[row_id]
+                with bound(outbox_id=row_id, job=job, ref_id=row.ref_id, attempt=row.attempts):
                     try:
-                        with s.begin_nested():
-                            more = handler(s, row, ctx) or []
+                        with s.begin_nested() if isolate else nullcontext():
+                            follow_ups.extend(handler(s, row, ctx) or [])
                     except Exception as exc:
+                        if not isolate:
+                            raise
                         outcomes.append(_settle_error(row, exc, now()))
                         continue
-                else:
-                    more = handler(s, row, ctx) or []
-            follow_ups.extend(more)
-            done.append(row_id)
-            outcomes.append(JobOutcome(row_id, "done", row.attempts))
+                outcomes.append(JobOutcome(row_id, "done", row.attempts))
+        done = [o.outbox_id for o in outcomes if o.status == "done"]
         if done:
             s.execute(update(OutboxJob).where(OutboxJob.id.in_(done))
                       .values(status="done", finished_at=now(), last_error=None)
@@ -240,20 +257,26 @@ def _run_taken(db: Any, taken: list[str], job: str, handler: Any, ctx: Any, now:
 
 
 def _take_fresh(db: Any, outbox_id: str, job: str, limit: int, now: datetime, lease: timedelta) -> list[str]:
-    """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement."""
-    others = (
+    """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement.
+
+    PostgreSQL: the rows are picked, the bell's own first, by one `FOR UPDATE SKIP LOCKED` subquery, so
+    a take never waits for a row: two workers whose batches overlap split the rows instead of each
+    waiting for the other's (a deadlock when each held a row the other's UPDATE wanted). SQLite ignores
+    the lock clause; its writers are serialised anyway.
+    """
+    fresh = (OutboxJob.status == "pending", OutboxJob.job == job, OutboxJob.attempts == 0,
+             OutboxJob.next_attempt_at <= now)
+    pick = (
         select(OutboxJob.id)
-        .where(OutboxJob.status == "pending", OutboxJob.job == job, OutboxJob.attempts == 0,
-               OutboxJob.next_attempt_at <= now, OutboxJob.id != outbox_id)
-        .order_by(OutboxJob.created_at)
-        .limit(limit - 1)
-        .with_for_update(skip_locked=True)  # PostgreSQL: concurrent batches split the rows; SQLite: ignored
+        .where(*fresh)
+        .order_by(case((OutboxJob.id == outbox_id, 0), else_=1), OutboxJob.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     with db.session() as s:
         rows = s.execute(
             update(OutboxJob)
-            .where((OutboxJob.id == outbox_id) | OutboxJob.id.in_(others.scalar_subquery()),
-                   OutboxJob.status == "pending", OutboxJob.attempts == 0, OutboxJob.next_attempt_at <= now)
+            .where(OutboxJob.id.in_(pick.scalar_subquery()), *fresh)
             .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
             .returning(OutboxJob.id, OutboxJob.created_at)
             .execution_options(synchronize_session=False)

@@ -6,12 +6,16 @@ Huey only rings the bell: a message carries an outbox id, the row in the coordin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from huey import PriorityRedisHuey, SqliteHuey
 from huey.storage import SqliteStorage
+
+from coord.db.gate import GatedConnection
 
 QUEUE_NAME = "coord"
 
@@ -20,12 +24,41 @@ class DoorbellSqliteStorage(SqliteStorage):
     """SqliteStorage with `synchronous=NORMAL`: commits reach the OS (a killed process loses nothing)
     but are not fsynced, so a power cut may drop the last bells. That is safe here and only here: the
     outbox rows are the durable record and the reconciler re-rings whatever the queue forgot. It saves
-    two fsyncs per job (enqueue and dequeue)."""
+    two fsyncs per job (enqueue and dequeue).
+
+    Its write transactions queue on the file's writer gate (coord/db/gate.py): producers ringing and the
+    consumer taking a message hand the file over at once instead of sleeping in SQLite's busy handler."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, factory=GatedConnection, **kwargs)
 
     def _create_connection(self):  # type: ignore[no-untyped-def]
         conn = super()._create_connection()
         conn.execute("pragma synchronous=NORMAL")
         return conn
+
+    @contextmanager
+    def db(self, commit: bool = False, close: bool = False) -> Iterator[Any]:
+        # huey's BaseSqlStorage.db, with the BEGIN through the gate (its lock is not re-entrant: a copy).
+        with self.lock:
+            conn = self.conn
+            cursor = conn.cursor()
+            try:
+                if commit:
+                    conn.begin(self.begin_sql)
+                yield cursor
+            except Exception:
+                if commit:
+                    conn.rollback()
+                raise
+            else:
+                if commit:
+                    conn.commit()
+            finally:
+                cursor.close()
+                if close:
+                    conn.close()
+                    self._conn = None
 
 
 def is_redis(location: str) -> bool:

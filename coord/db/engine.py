@@ -2,7 +2,8 @@
 
 SQLite: every write transaction takes the write lock up front (`BEGIN IMMEDIATE`), because
 `busy_timeout` does not cover a lock upgrade from a deferred BEGIN (a read that later writes), and
-that upgrade is exactly what a claim does. pysqlite's own BEGIN is turned off so ours is the only one.
+that upgrade is exactly what a claim does. pysqlite's own BEGIN is turned off so ours is the only one,
+and writers queue on a gate before it (coord/db/gate.py) instead of sleeping in SQLite's busy handler.
 Reads use a second engine with a deferred BEGIN: WAL lets them run beside a writer.
 
 PostgreSQL: a daemon outlives server restarts and network cuts. Pooled connections are pre-pinged on
@@ -30,6 +31,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coord.db.backend import Backend, backend_for
+from coord.db.gate import GatedConnection
 from coord.errors import SettingsError, Unavailable
 from coord.logs import get_logger
 
@@ -64,8 +66,10 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
-def _sqlite_engine(url: str, synchronous: str, begin: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def _sqlite_engine(url: str, synchronous: str, begin: str | None) -> Engine:
+    """`begin`: the write transactions' BEGIN, run through the database's writer gate (coord/db/gate.py);
+    None for the read engine, whose deferred BEGIN waits for nobody (WAL)."""
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30, "factory": GatedConnection})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -79,7 +83,10 @@ def _sqlite_engine(url: str, synchronous: str, begin: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        if begin is None:
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.connection.driver_connection.begin(begin)
 
     return engine
 
@@ -98,7 +105,7 @@ class Database:
                 if parsed.database and parsed.database != ":memory:":
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 self.engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN IMMEDIATE")
-                self.read_engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN")
+                self.read_engine = _sqlite_engine(url, sqlite_synchronous, None)
             else:
                 # pre_ping: a dead pooled connection (server restarted) is replaced, not handed out.
                 connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}

@@ -1,9 +1,10 @@
-"""The claim and complete hot paths on SQLite, as plain DB-API statements.
+"""The task queue's hot paths on SQLite (delegate, claim, complete), as plain DB-API statements.
 
-Every claimer runs these in a loop, so they should cost what SQLite costs: one `BEGIN IMMEDIATE` ...
-`COMMIT` each, one statement inside (two for complete: the update and the delegator's notification).
-Built through SQLAlchemy they cost several times the transaction itself in Python (statement building,
-cache keys, result processing); here they are fixed SQL text that sqlite3 keeps prepared.
+Agents run these in loops, so they should cost what SQLite costs: one `BEGIN IMMEDIATE` ... `COMMIT`
+each, with a statement or two inside. Built through SQLAlchemy they cost several times the transaction
+itself in Python (statement building, cache keys, result processing); here they are fixed SQL text that
+sqlite3 keeps prepared. Only the common case runs here: a delegation to a missing agent (a gap, ranked
+alternatives) and every error take the ORM path in coord/delegation.py.
 
 PostgreSQL runs the same operations as Core statements (coord/delegation.py, Backend.claim_statement):
 there a server round trip dwarfs the Python. The suite runs both engines through the same tests, so the
@@ -17,12 +18,12 @@ agents that poll an empty queue never take the write lock from those that have w
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from coord.db.gate import GatedConnection
 from coord.ids import new_id
 
 _PEEK = (
@@ -48,6 +49,19 @@ _STATE = "SELECT status, lease_token, lease_expires_at FROM tasks WHERE id = ?"
 _NOTIFY = (
     "INSERT INTO inbox (id, agent_id, kind, ref_id, body, created_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
+)
+
+
+_AGENTS = "SELECT (SELECT status FROM agents WHERE id = ?), (SELECT status FROM agents WHERE id = ?)"
+_EXISTING = "SELECT from_agent, to_agent, payload_hash FROM tasks WHERE id = ?"
+_NEW_TASK = (
+    "INSERT INTO tasks (id, from_agent, to_agent, task_type, payload, payload_hash, priority, status,"
+    " created_at, updated_at, lease_token, attempts, max_attempts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, 0, 0, ?)"
+)
+_NEW_JOB = (
+    "INSERT INTO outbox (id, job, ref_id, payload, status, attempts, max_attempts, created_at, next_attempt_at)"
+    " VALUES (?, ?, ?, '{}', 'pending', 0, ?, ?, ?)"
 )
 
 
@@ -77,14 +91,46 @@ def loaded(text: str | None) -> datetime | None:
 
 
 @contextmanager
-def _immediate(con: sqlite3.Connection) -> Iterator[None]:
-    con.execute("BEGIN IMMEDIATE")
+def _immediate(con: GatedConnection) -> Iterator[None]:
+    con.begin("BEGIN IMMEDIATE")  # through the writer gate (coord/db/gate.py)
     try:
         yield
     except BaseException:
-        con.execute("ROLLBACK")
+        con.rollback()
         raise
-    con.execute("COMMIT")
+    con.commit()
+
+
+class Delegated(NamedTuple):
+    """What `delegate` found: `outbox_id` is set when the task was written; else `from_status` or
+    `existing` (from_agent, to_agent, payload_hash) say why not, or `target_missing` is True."""
+
+    outbox_id: str | None = None
+    from_status: str | None = "active"
+    existing: tuple[str, str, str] | None = None
+    target_missing: bool = False
+
+
+def delegate(db: Any, task: dict[str, Any], job: str, max_job_attempts: int) -> Delegated:
+    """Write a pending task for an active target and its dispatch job, in one transaction; `task` holds
+    the columns of coord/delegation.py's row. Checks in the ORM path's order: delegator, replay, target."""
+    at = stored(task["created_at"])
+    with db.raw_connection() as con, _immediate(con):
+        from_status, to_status = con.execute(_AGENTS, (task["from_agent"], task["to_agent"])).fetchone()
+        if from_status != "active":
+            return Delegated(from_status=from_status)
+        existing = con.execute(_EXISTING, (task["id"],)).fetchone()
+        if existing is not None:
+            return Delegated(existing=tuple(existing))
+        if to_status != "active":
+            return Delegated(target_missing=True)
+        con.execute(_NEW_TASK, (
+            task["id"], task["from_agent"], task["to_agent"], task["task_type"], json.dumps(task["payload"]),
+            task["payload_hash"], task["priority"], at, at, task["max_attempts"],
+        ))
+        outbox_id = new_id()
+        con.execute(_NEW_JOB, (outbox_id, job, task["id"], max_job_attempts, at, at))
+    return Delegated(outbox_id=outbox_id)
 
 
 def _claimed(row: tuple | None) -> ClaimedRow | None:

@@ -109,3 +109,34 @@ def test_reload_applies_live_settings_and_holds_the_rest(tmp_path: Path) -> None
     merged, live, restart = merge_live(old, new)
     assert (merged.safe_mode, merged.log_level, merged.worker_concurrency) == (False, "debug", 2)
     assert set(live) == {"safe_mode", "log_level"} and restart == ["worker_concurrency"]
+
+
+def test_overlapping_batches_of_concurrent_workers_split_the_rows(coord: Coordinator) -> None:
+    """Four workers take the bells of one backlog in queue order, as consumers of one queue do, so their
+    batches overlap all the time. Every row runs exactly once, every target is told once, and no take
+    waits on another (on PostgreSQL a take that locked its own row outside SKIP LOCKED deadlocked here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coord.jobs import HANDLERS, JobContext
+
+    n = 600
+    for i in range(n):
+        coord.delegate("sender", "receiver", {"title": str(i)}, id=f"t{i}")
+    bells = [r.id for r in _rows(coord).values() if r.job == JOB_DISPATCH]
+    ctx = JobContext(coord.settings, coord.db)
+
+    queue = iter(bells)  # next() on one iterator from four threads: each bell is taken by one worker
+
+    def worker(_k: int) -> list[Any]:
+        outcomes = []
+        for bell in queue:
+            done, _ = run_batch(coord.db, bell, HANDLERS, ctx, batchable=frozenset({JOB_DISPATCH}), limit=10)
+            outcomes.extend(done)
+        return outcomes
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = [o for part in pool.map(worker, range(4)) for o in part]
+    ran = [o.outbox_id for o in outcomes if o.status == "done"]
+    assert sorted(ran) == sorted(bells), "a row ran twice or never"
+    assert {o.status for o in outcomes} <= {"done", "skipped"}
+    assert len(coord.inbox("receiver", limit=10 * n)) == n

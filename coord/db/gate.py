@@ -1,0 +1,98 @@
+"""Writers of one SQLite file wait in a queue that wakes them, not in SQLite's busy handler that sleeps.
+
+SQLite lets one writer at a time hold a database; the others retry on a timer (the busy handler sleeps
+1, 2, 5, 10, 15, 20, 25 ... ms between tries). A write lock held for half a millisecond can so cost a
+waiter tens of milliseconds, and that was the tail of coord's latency: a delegation waited behind the
+worker's commit and the worker behind the delegation's. Here a write transaction first takes an `flock`
+on a sidecar file, `<database>-gate` (a blocked flock wakes the moment its holder lets go), and only
+then runs BEGIN IMMEDIATE, which finds the database free.
+
+SQLite's own locking still decides who writes; the gate only orders the waiting. A writer that does not
+use it (the sqlite3 shell, another program) meets the busy handler, as before.
+
+The gate belongs to a connection (its own open file description, so two connections of one process
+exclude each other as two processes do) and is let go by commit or rollback. A thread that already holds
+a file's gate through another connection does not queue for it again (it would wait for itself): that
+nested writer meets SQLite's busy handler and its timeout, as it would without the gate.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from typing import Any
+
+_held = threading.local()  # the gate paths this thread holds
+
+
+def gate_path(database: Any) -> str | None:
+    """The gate file of a database file; None for in-memory and URI databases (nothing to share)."""
+    name = os.fspath(database) if isinstance(database, (str, os.PathLike)) else ""
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return f"{name}-gate"
+
+
+def _thread_holds() -> set[str]:
+    if not hasattr(_held, "paths"):
+        _held.paths = set()
+    return _held.paths
+
+
+class GatedConnection(sqlite3.Connection):
+    """A sqlite3 connection whose write transactions (`begin`) queue on the database's gate first."""
+
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self._gate = gate_path(database)
+        self._gate_fd: int | None = None
+        self._holding = False
+
+    def begin(self, sql: str = "BEGIN IMMEDIATE") -> None:
+        """Start a write transaction: through the gate, then `sql` (BEGIN IMMEDIATE or EXCLUSIVE)."""
+        self.enter_gate()
+        try:
+            self.execute(sql)
+        except BaseException:
+            self.leave_gate()
+            raise
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_gate()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_gate()
+
+    def close(self) -> None:
+        self.leave_gate()
+        if self._gate_fd is not None:
+            os.close(self._gate_fd)
+            self._gate_fd = None
+        super().close()
+
+    def enter_gate(self) -> None:
+        if self._gate is None or self._holding or self._gate in _thread_holds():
+            return
+        if self._gate_fd is None:
+            try:
+                self._gate_fd = os.open(self._gate, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # umask decides
+            except OSError:  # a folder we may read but not write: no gate, the busy handler as before
+                self._gate = None
+                return
+        fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+        self._holding = True
+        _thread_holds().add(self._gate)
+
+    def leave_gate(self) -> None:
+        if self._holding and self._gate_fd is not None:
+            fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+            self._holding = False
+            _thread_holds().discard(self._gate)
