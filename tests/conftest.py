@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,25 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+def db_url_fixture(*engines: str) -> Callable[..., str]:
+    """A `db_url` fixture that runs each test on `engines` ("sqlite", "postgres").
+
+    A test module that assigns `db_url = db_url_fixture("sqlite")` runs on SQLite only, to keep the suite's
+    time down, and marks with `@BOTH_ENGINES` the tests where the engine matters (conditional updates,
+    dedupe under unique keys); the indirect parametrization replaces the fixture's own list.
+    """
+
+    @pytest.fixture(params=list(engines), name="db_url")
+    def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        if request.param == "postgres":
+            return request.getfixturevalue("pg_database")
         return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
-    return request.getfixturevalue("pg_database")
+
+    return db_url
+
+
+db_url = db_url_fixture("sqlite", "postgres")
+BOTH_ENGINES = pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
 
 
 def make_settings(tmp_path: Path, db_url: str | None = None, **overrides) -> Settings:
@@ -101,6 +116,26 @@ def coordinator(settings: Settings) -> Iterator:
     c = Coordinator(settings)
     yield c
     c.close()
+
+
+class Clock:
+    """A clock the test sets by hand (`clock.at = ...`), for a Coordinator's `clock`."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+class RecordingBell:
+    """A bell that only records the outbox ids it is rung for: the test decides which jobs run."""
+
+    def __init__(self) -> None:
+        self.rung: list[str] = []
+
+    def ring(self, outbox_ids: list[str]) -> None:
+        self.rung.extend(outbox_ids)
 
 
 def child_env(**extra: str) -> dict[str, str]:

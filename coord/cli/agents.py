@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coord.cli.main import CliState, pass_state
-from coord.cli.output import console, fmt, show, table
+from coord.cli.output import console, fields, fmt, show, show_list, table
 
 
 @click.group()
@@ -20,15 +20,8 @@ def agents() -> None:
 def agents_ls(ctx: click.Context, state: CliState, include_removed: bool) -> None:
     """List registered agents."""
     rows = state.coordinator.list_agents(include_removed)
-    show(
-        ctx,
-        rows,
-        lambda: table(
-            f"{len(rows)} agents",
-            ["agent", "status", "expertise", "open tasks", "origin"],
-            [(a.id, a.status, a.expertise[:6], a.open_tasks, a.origin) for a in rows],
-        ),
-    )
+    show_list(ctx, rows, "agents", ["agent", "status", "expertise", "open tasks", "origin"],
+              lambda a: (a.id, a.status, a.expertise[:6], a.open_tasks, a.origin))
 
 
 @agents.command("show")
@@ -38,12 +31,7 @@ def agents_ls(ctx: click.Context, state: CliState, include_removed: bool) -> Non
 def agents_show(ctx: click.Context, state: CliState, name: str) -> None:
     """Show one agent."""
     a = state.coordinator.get_agent(name)
-
-    def human() -> None:
-        for key, value in a.to_dict().items():
-            console.print(f"[bold]{key:12}[/] {fmt(value)}")
-
-    show(ctx, a, human)
+    show(ctx, a, lambda: fields(a.to_dict().items(), width=12))
 
 
 @agents.command("add")

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from coord.approvals import STATUSES, ApprovalDesk
 from coord.cli.main import CliState, pass_state
-from coord.cli.output import console, fmt, show, table
+from coord.cli.output import console, fields, json_block, show, show_list, target
 
 
 def _desk(state: CliState) -> ApprovalDesk:
     c = state.coordinator
     return ApprovalDesk(c.settings, c.db, c.bell, c.now)
-
-
-def _target(details: dict) -> str:
-    return (details.get("short_name") or details.get("tool") or (details.get("agent") or {}).get("name")
-            or details.get("query") or "-")
 
 
 @click.group()
@@ -34,10 +27,8 @@ def approvals() -> None:
 def approvals_ls(ctx: click.Context, state: CliState, status: str, limit: int) -> None:
     """List approvals (pending ones by default, oldest first)."""
     rows = _desk(state).list(None if status == "all" else status, limit)
-    show(ctx, rows, lambda: table(
-        f"{len(rows)} approvals ({status})", ["id", "action", "target", "status", "safety", "why", "expires"],
-        [(a.id, a.action, _target(a.details), a.status, a.safety_score, a.reason, a.expires_at) for a in rows],
-    ))
+    show_list(ctx, rows, f"approvals ({status})", ["id", "action", "target", "status", "safety", "why", "expires"],
+              lambda a: (a.id, a.action, target(a.details), a.status, a.safety_score, a.reason, a.expires_at))
 
 
 @approvals.command("show")
@@ -49,13 +40,9 @@ def approvals_show(ctx: click.Context, state: CliState, approval_id: str) -> Non
     a = _desk(state).show(approval_id)
 
     def human() -> None:
-        for key, value in a.to_dict().items():
-            if key != "details":
-                console.print(f"[bold]{key:16}[/] {fmt(value)}")
+        fields((key, value) for key, value in a.to_dict().items() if key != "details")
         definition = a.details.get("definition")
-        shown = {k: v for k, v in a.details.items() if k != "definition"}
-        console.print("[bold]details[/]")
-        console.print(json.dumps(shown, indent=2, default=str), markup=False)
+        json_block("details", {k: v for k, v in a.details.items() if k != "definition"})
         if definition:
             console.print("[bold]agent file that would be written[/]")
             console.print(definition, markup=False)

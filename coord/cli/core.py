@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coord.cli.main import CliState, parse_json_option, pass_state
-from coord.cli.output import console, show, table
+from coord.cli.output import console, show, show_list, table
 from coord.states import PRIORITIES
 
 
@@ -52,11 +52,8 @@ def delegate(ctx: click.Context, state: CliState, from_agent: str, to_agent: str
 def inbox(ctx: click.Context, state: CliState, agent: str, include_read: bool, mark_read: bool) -> None:
     """Show AGENT's notifications."""
     items = state.coordinator.inbox(agent, unread_only=not include_read, mark_read=mark_read)
-    show(ctx, items, lambda: table(
-        f"{len(items)} messages for {agent}", ["kind", "ref", "from / about", "at"],
-        [(i.kind, i.ref_id, i.body.get("from_agent") or i.body.get("requester") or i.body, i.created_at)
-         for i in items],
-    ))
+    show_list(ctx, items, f"messages for {agent}", ["kind", "ref", "from / about", "at"],
+              lambda i: (i.kind, i.ref_id, i.body.get("from_agent") or i.body.get("requester") or i.body, i.created_at))
 
 
 @click.command()

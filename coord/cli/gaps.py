@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coord.cli.main import CliState, parse_json_option, pass_state
-from coord.cli.output import console, show, table
+from coord.cli.output import console, show, show_list
 from coord.states import GAP_TYPES
 
 
@@ -35,15 +35,8 @@ def gaps_ls(ctx: click.Context, state: CliState, capability_type: str | None) ->
             }
             for g in list_gaps(s, capability_type)
         ]
-    show(
-        ctx,
-        rows,
-        lambda: table(
-            f"{len(rows)} gaps",
-            ["id", "type", "name", "frequency", "status", "first by", "last requested"],
-            [tuple(r.values()) for r in rows],
-        ),
-    )
+    show_list(ctx, rows, "gaps", ["id", "type", "name", "frequency", "status", "first by", "last requested"],
+              lambda r: tuple(r.values()))
 
 
 @gaps.command("record")

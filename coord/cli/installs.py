@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import getpass
-import json
 
 import click
 
 from coord.cli.main import CliState, pass_state
-from coord.cli.output import console, fmt, show, table
+from coord.cli.output import console, fields, json_block, show, show_list, table
 from coord.installer.history import STATUSES, InstallDesk
 
 
@@ -31,11 +30,9 @@ def installs() -> None:
 def installs_ls(ctx: click.Context, state: CliState, status: str | None, kind: str | None, limit: int) -> None:
     """List installs, newest first."""
     rows = _desk(state).list(status=status, kind=kind, limit=limit)
-    show(ctx, rows, lambda: table(
-        f"{len(rows)} installs", ["id", "kind", "name", "status", "attempts", "approved by", "created", "error"],
-        [(r["id"], r["kind"], r["name"], r["status"], r["attempts"], r["approved_by"], r["created_at"], r["error"])
-         for r in rows],
-    ))
+    show_list(ctx, rows, "installs", ["id", "kind", "name", "status", "attempts", "approved by", "created", "error"],
+              lambda r: (r["id"], r["kind"], r["name"], r["status"], r["attempts"], r["approved_by"],
+                         r["created_at"], r["error"]))
 
 
 @installs.command("show")
@@ -47,9 +44,9 @@ def installs_show(ctx: click.Context, state: CliState, install_id: str) -> None:
     info = _desk(state).show(install_id)
 
     def human() -> None:
-        for key in ("id", "kind", "name", "status", "attempts", "approved_by", "proposal_id", "prefix",
-                    "created_at", "finished_at", "rolled_back_at", "error"):
-            console.print(f"[bold]{key:14}[/] {fmt(info[key])}")
+        fields(((key, info[key]) for key in ("id", "kind", "name", "status", "attempts", "approved_by", "proposal_id",
+                                             "prefix", "created_at", "finished_at", "rolled_back_at", "error")),
+               width=14)
         if info["required_secrets"]:
             names = info["required_secrets"]
             console.print(f"[bold yellow]set these before starting the server:[/] {', '.join(names)} "
@@ -60,8 +57,7 @@ def installs_show(ctx: click.Context, state: CliState, install_id: str) -> None:
                     else f"NOT RECORDED ({pin['reason']}); `coord mcp verify` has nothing to compare against")
             console.print(f"[bold]{'tool pin':14}[/] ", end="")
             console.print(f"{what} (sandbox {pin['sandbox']})", markup=False, soft_wrap=True)
-        console.print("[bold]plan[/]")
-        console.print(json.dumps(info["plan"], indent=2), markup=False)
+        json_block("plan", info["plan"])
         if info["steps"]:
             table("steps", ["attempt", "step", "status", "exit", "seconds", "sandbox", "argv"],
                   [(a["attempt"], a["step"], a["status"], a["exit_code"], a["duration"], a["sandbox"],

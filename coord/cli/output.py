@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,37 @@ def show(ctx: click.Context, value: Any, human: Any) -> None:
         emit_json(value)
     else:
         human()
+
+
+def show_list(ctx: click.Context, rows: Sequence[Any], what: str, columns: Sequence[str],
+              row: Callable[[Any], Sequence[Any]]) -> None:
+    """An `ls` command's output: `--json` prints `rows`; a person gets a table titled "N `what`",
+    one line `row(item)` per item."""
+    show(ctx, rows, lambda: table(f"{len(rows)} {what}", columns, [row(r) for r in rows]))
+
+
+def fields(pairs: Iterable[tuple[str, Any]], width: int = 16) -> None:
+    """A `show` command's "key  value" lines: the key in bold, padded to `width`."""
+    for key, value in pairs:
+        console.print(f"[bold]{key:{width}}[/] {fmt(value)}")
+
+
+def json_block(heading: str, value: Any) -> None:
+    """A bold heading, then `value` as indented JSON, printed as it is (no rich markup)."""
+    console.print(f"[bold]{heading}[/]")
+    console.print(json.dumps(value, indent=2, default=str), markup=False)
+
+
+def target(details: dict, *more: str) -> str:
+    """What a proposal or approval is about, for a table cell: the first name its details give.
+
+    `more` adds keys to try after the usual ones (a proposal can name only what was asked for).
+    """
+    found = (details.get("short_name") or details.get("tool") or (details.get("agent") or {}).get("name")
+             or details.get("query"))
+    for key in more:
+        found = found or details.get(key)
+    return found or "-"
 
 
 def fail(exc: CoordError, as_json: bool) -> None:

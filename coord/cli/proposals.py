@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from coord.cli.main import CliState, pass_state
-from coord.cli.output import console, fmt, show, table
+from coord.cli.output import console, fields, json_block, show, show_list, table, target
 from coord.states import GAP_TYPES
 
 
@@ -27,16 +25,9 @@ def proposals_ls(ctx: click.Context, state: CliState, name: str | None, capabili
                  gap_id: str | None, status: str | None) -> None:
     """List proposals, most confident first."""
     rows = state.coordinator.get_proposals(name, capability_type=capability_type, gap_id=gap_id, status=status)
-    show(ctx, rows, lambda: table(
-        f"{len(rows)} proposals", ["id", "kind", "target", "status", "confidence", "how", "approval"],
-        [(p.id, p.kind, _target(p.details), p.status, p.confidence, p.confidence_basis.get("how"), p.approval_id)
-         for p in rows],
-    ))
-
-
-def _target(details: dict) -> str:
-    return (details.get("short_name") or details.get("tool") or (details.get("agent") or {}).get("name")
-            or details.get("query") or details.get("requested_name") or details.get("need") or "-")
+    show_list(ctx, rows, "proposals", ["id", "kind", "target", "status", "confidence", "how", "approval"],
+              lambda p: (p.id, p.kind, target(p.details, "requested_name", "need"), p.status, p.confidence,
+                         p.confidence_basis.get("how"), p.approval_id))
 
 
 @proposals.command("show")
@@ -51,13 +42,10 @@ def proposals_show(ctx: click.Context, state: CliState, proposal_id: str) -> Non
         p = info(s, get_proposal(s, proposal_id))
 
     def human() -> None:
-        for key in ("id", "gap_id", "kind", "status", "confidence", "proposed_by", "created_at", "approval_id",
-                    "approval_status"):
-            console.print(f"[bold]{key:16}[/] {fmt(getattr(p, key))}")
-        console.print("[bold]confidence basis[/]")
-        console.print(json.dumps(p.confidence_basis, indent=2), markup=False)
-        console.print("[bold]details[/]")
-        console.print(json.dumps(p.details, indent=2, default=str), markup=False)
+        fields((key, getattr(p, key)) for key in ("id", "gap_id", "kind", "status", "confidence", "proposed_by",
+                                                  "created_at", "approval_id", "approval_status"))
+        json_block("confidence basis", p.confidence_basis)
+        json_block("details", p.details)
 
     show(ctx, p, human)
 

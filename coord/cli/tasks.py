@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from coord.cli.main import CliState, parse_json_option, pass_state
-from coord.cli.output import console, fmt, show, table
+from coord.cli.output import console, fields, fmt, show, show_list
 from coord.states import TASK_FINAL, TASK_OPEN
 
 
@@ -23,11 +23,9 @@ def tasks() -> None:
 def tasks_ls(ctx: click.Context, state: CliState, agent: str | None, status: str | None, limit: int) -> None:
     """List tasks, newest first."""
     rows = state.coordinator.tasks(agent_id=agent, status=status, limit=limit)
-    show(ctx, rows, lambda: table(
-        f"{len(rows)} tasks", ["id", "from", "to", "priority", "status", "attempts", "title", "created"],
-        [(t.id, t.from_agent, t.to_agent, t.priority, t.status, t.attempts, t.payload.get("title"), t.created_at)
-         for t in rows],
-    ))
+    show_list(ctx, rows, "tasks", ["id", "from", "to", "priority", "status", "attempts", "title", "created"],
+              lambda t: (t.id, t.from_agent, t.to_agent, t.priority, t.status, t.attempts, t.payload.get("title"),
+                         t.created_at))
 
 
 @tasks.command("show")
@@ -37,7 +35,7 @@ def tasks_ls(ctx: click.Context, state: CliState, agent: str | None, status: str
 def tasks_show(ctx: click.Context, state: CliState, task_id: str) -> None:
     """Show one task."""
     t = state.coordinator.get_task(task_id)
-    show(ctx, t, lambda: [console.print(f"[bold]{k:16}[/] {fmt(v)}") for k, v in t.to_dict().items()])
+    show(ctx, t, lambda: fields(t.to_dict().items()))
 
 
 @tasks.command("claim")

@@ -42,13 +42,6 @@ def expires(i: int) -> datetime:
     return T0 + TTL + i * STEP
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_database")
-    return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
-
-
 def _open(url: str) -> object:
     from coord.db.engine import Database
     from coord.logs import configure_logging

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
+from conftest import BOTH_ENGINES, Clock, db_url_fixture, make_settings
 
 from coord.client import Coordinator
 from coord.collaboration import expire_unanswered
@@ -20,25 +20,12 @@ from coord.periodic import run_periodic
 
 REQUESTER = "mobile-expert"
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_database")
-    return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
-
-
-class Clock:
-    at = T0
-
-    def __call__(self) -> datetime:
-        return self.at
+db_url = db_url_fixture("sqlite")  # @BOTH_ENGINES adds PostgreSQL
 
 
 @pytest.fixture
 def c(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[Coordinator]:
-    clock = Clock()
+    clock = Clock(T0)
     extra = getattr(request, "param", {})  # indirect parametrization: settings for one test
     c = Coordinator(make_settings(tmp_path, db_url, sqlite_synchronous="NORMAL", **extra), clock=clock)
     c.register_agent(REQUESTER, "Builds mobile apps", expertise=["mobile"])
@@ -60,7 +47,7 @@ def ask(c: Coordinator, **kw: object) -> str:
     return r.collaboration_id
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+@BOTH_ENGINES
 def test_accept_assigns_notifies_and_closes(c: Coordinator) -> None:
     rid = ask(c)
     assert c.get_collaboration(rid).status == "open"
@@ -147,7 +134,7 @@ def expire(c: Coordinator, at: datetime, worker: str = "w1") -> dict | None:
     return run_periodic(c.db, c.settings, "expire_collaborations", worker_id=worker, now=at)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+@BOTH_ENGINES
 @pytest.mark.parametrize("c", [{"collaboration_ttl": 3600}], indirect=True)
 def test_periodic_job_expires_unanswered_requests(c: Coordinator) -> None:
     assert c.settings.collaboration_ttl == timedelta(hours=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings
+from conftest import BOTH_ENGINES, RecordingBell, db_url_fixture, make_settings
 from sqlalchemy import func, select
 
 from coord.approvals import ApprovalDesk
@@ -28,26 +28,7 @@ from coord.outbox import run_job
 from coord.proposals import propose_for_gap
 
 REQUESTER = "backend-expert"
-
-
-@pytest.fixture(params=["sqlite"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite for every test; `@BOTH_ENGINES` adds PostgreSQL where the engine matters (conditional
-    updates, dedupe under unique keys), to keep the suite's time down."""
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_database")
-    return f"sqlite:///{tmp_path / 'state' / 'coord.db'}"
-
-
-BOTH_ENGINES = pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
-
-
-class RecordingBell:
-    def __init__(self) -> None:
-        self.rung: list[str] = []
-
-    def ring(self, outbox_ids: list[str]) -> None:
-        self.rung.extend(outbox_ids)
+db_url = db_url_fixture("sqlite")  # @BOTH_ENGINES adds PostgreSQL
 
 
 def drain(c: Coordinator, *, skip: tuple[str, ...] = ("execute",)) -> list[str]:
