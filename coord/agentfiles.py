@@ -7,6 +7,10 @@ field is re-emitted in place by ruamel.yaml and the result re-parsed to prove no
 that proof fails (anchors, flow-style frontmatter, odd line breaks) the whole frontmatter is re-dumped in
 ruamel's round-trip mode instead, which keeps values and comments but not every byte.
 
+Frontmatter that the parser could only read leniently (not valid YAML) is never edited: re-emitting it
+would "fix" the user's file behind their back, so render_agent refuses with reason `lenient_frontmatter`.
+Such an agent still renders to its exact bytes, and a new body keeps the frontmatter bytes as they are.
+
 Parsing and validation are in coord.agentparse and the expertise-tag rules in coord.agenttags; their public
 names are re-exported here, where callers import them.
 """
@@ -29,6 +33,7 @@ from coord import fsutil
 from coord.agentparse import (
     _ATTR_TO_KEY,
     KNOWN_FIELDS,
+    LENIENT_REASON,
     MAX_AGENT_BYTES,
     MAX_NAME_LENGTH,
     NAME_RE,
@@ -240,6 +245,13 @@ def render_agent(agent: AgentFile) -> str:
         text = "---\n" + _dump(_fresh_frontmatter(agent), "\n") + "---\n" + body
     else:
         changes = _changes(agent, rt)
+        if changes and rt.lenient:
+            # Re-emitting the frontmatter would silently "fix" the user's file (and could change what
+            # Claude Code reads): the user makes it valid YAML, then coord can edit it.
+            raise _fail(LENIENT_REASON, agent.path, "coord will not edit this agent's frontmatter ("
+                        f"{', '.join(sorted(changes))}): it is not valid YAML and was only read leniently. "
+                        "Make it valid YAML first (quote the value that holds ': '), then re-read the file",
+                        fields=sorted(changes), warnings=[m for _, m in agent.warnings])
         frontmatter = _edit_frontmatter(rt, changes) if changes else rt.frontmatter
         body, fence = agent.body, rt.close_fence
         if body == rt.original["body"] and not changes:
@@ -296,6 +308,7 @@ __all__ = [
     "AgentFile",
     "AgentFileError",
     "KNOWN_FIELDS",
+    "LENIENT_REASON",
     "MAX_AGENT_BYTES",
     "MAX_DERIVED_TAGS",
     "MAX_NAME_LENGTH",

@@ -38,8 +38,16 @@ provides task tasks work works working skilled experienced knowledge invoke invo
 immediately whenever always automatically should must builds creates implements generates based want
 wants thorough thoroughly recently significant appropriate specific relevant existing new
 """)
+# Unicode dashes (hyphen, figure/en/em dash, horizontal bar, minus, two- and three-em dashes) after NFKC.
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2e3a\u2e3b"
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
-_SEGMENT_RE = re.compile(r"[,;:!?()\[\]{}\"'`<>|*]+|\.(?:\s|$)")
+# Clause breaks, which no tag or pair spans: punctuation, an em dash or bar ("management\u2014especially"),
+# a spaced hyphen or en dash ("X - Y", "X \u2013 Y"), a double hyphen between words ("X--Y", not
+# "bash --posix"), an ellipsis, a sentence-ending dot.
+# An unspaced hyphen or en dash joins a compound ("client\u2013server") and is left to normalize_tag.
+_SEGMENT_RE = re.compile(r"[,;:!?()\[\]{}\"'`<>|*\u2014\u2015\u2e3a\u2e3b\u2026]+|\.{2,}|\.(?:\s|$)"
+                         r"|(?:^|\s)[-\u2013]+(?=\s|$)|(?<=\w)--+(?=\w)")
+_HYPHENS_RE = re.compile(rf"[\s_/\\{_DASHES}-]+")
 _EXAMPLES_RE = re.compile(r"<example|\bexamples?\s*:", re.IGNORECASE)
 
 
@@ -47,13 +55,14 @@ _EXAMPLES_RE = re.compile(r"<example|\bexamples?\s*:", re.IGNORECASE)
 def normalize_tag(s: str) -> str:
     """Canonical form of an expertise tag; "" when nothing is left.
 
-    NFKC, lowercase, whitespace/underscores/slashes -> hyphens, runs of hyphens collapsed. Within each
-    hyphen-separated token only letters, digits and `+ # .` survive; dots are stripped at either end and
-    `+`/`#` at the start, so "C++" -> "c++", "C#" -> "c#", "Node.js." -> "node.js", "CI/CD" -> "ci-cd",
-    "Machine_Learning" -> "machine-learning", ".NET" -> "net". The same rules apply to queries.
+    NFKC, lowercase, whitespace/underscores/slashes and any dash (en, em, minus) -> hyphens, runs of hyphens
+    collapsed. Within each hyphen-separated token only letters, digits and `+ # .` survive; dots are stripped
+    at either end and `+`/`#` at the start, so "C++" -> "c++", "C#" -> "c#", "Node.js." -> "node.js",
+    "CI/CD" -> "ci-cd", "Machine_Learning" -> "machine-learning", ".NET" -> "net". The same rules apply to
+    queries.
     """
     text = unicodedata.normalize("NFKC", s).lower().strip()
-    text = re.sub(r"[\s_/\\-]+", "-", text)
+    text = _HYPHENS_RE.sub("-", text)
     tokens = []
     for raw in text.split("-"):
         token = "".join(ch for ch in raw if ch.isalnum() or ch in "+#.").strip(".").lstrip("+#")

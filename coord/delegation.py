@@ -77,13 +77,15 @@ def delegate(
         max_attempts=settings.max_task_attempts,
     )
     if db.dialect == "sqlite":  # the common case as plain statements (see sqlite_queue)
-        found = sqlite_queue.delegate(db, row, JOB_DISPATCH, settings.outbox_max_attempts)
+        found = sqlite_queue.delegate(
+            db, row, JOB_DISPATCH, settings.outbox_max_attempts, coalesce=settings.dispatch == "queue"
+        )
         if found.from_status != "active":
             raise inactive_agent(from_agent, found.from_status, "delegating agent")
         if found.existing is not None:
             return _replayed(task_id, found.existing, from_agent, to_agent, digest), []
         if found.outbox_id is not None:
-            return DelegationResult("delegated", task_id, to_agent), [found.outbox_id]
+            return DelegationResult("delegated", task_id, to_agent), [found.outbox_id] if found.ring else []
     with db.session() as session:  # PostgreSQL, and on SQLite a target that is missing
         return _delegate(session, db.backend, settings, row, now)
 

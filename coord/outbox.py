@@ -97,10 +97,16 @@ class ManyAtOnce:
 Handler = Callable[[Session, OutboxJob, Any], list[str] | None] | OwnTransactions
 
 
+def _due(now: datetime) -> Any:
+    """A row may run: never tried (whatever its clock says: a delegation committed a moment after the
+    worker read its clock, or on a host whose clock runs ahead, is due at once), or its retry is due."""
+    return (OutboxJob.attempts == 0) | (OutboxJob.next_attempt_at <= now)
+
+
 def _take(session: Session, outbox_id: str, now: datetime, lease: timedelta) -> OutboxJob | None:
     return session.execute(
         update(OutboxJob)
-        .where(OutboxJob.id == outbox_id, OutboxJob.status == "pending", OutboxJob.next_attempt_at <= now)
+        .where(OutboxJob.id == outbox_id, OutboxJob.status == "pending", _due(now))
         .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
         .returning(OutboxJob)
     ).scalar_one_or_none()
@@ -177,6 +183,13 @@ _PEEK = select(OutboxJob.status, OutboxJob.next_attempt_at, OutboxJob.attempts, 
     OutboxJob.id == bindparam("id")
 )
 
+_NEXT_FRESH = (
+    select(OutboxJob.id)
+    .where(OutboxJob.status == "pending", OutboxJob.job == bindparam("job"), OutboxJob.attempts == 0)
+    .order_by(OutboxJob.created_at)
+    .limit(1)
+)
+
 
 def run_batch(
     db: Any,
@@ -201,7 +214,7 @@ def run_batch(
     # Most bells of a busy queue are for rows a batch already ran: answer those with one cheap read.
     with db.read_engine.connect() as conn:
         peek = conn.execute(_PEEK, {"id": outbox_id}).first()
-    if peek is None or peek.status != "pending" or peek.next_attempt_at > now():
+    if peek is None or peek.status != "pending" or (peek.attempts and peek.next_attempt_at > now()):
         # Finished, or leased by a worker running it, or a retry not yet due: a no-op, without the write lock.
         return [JobOutcome(outbox_id, "skipped", peek.attempts if peek else 0)], []
     job, fresh = peek.job, peek.attempts == 0
@@ -222,6 +235,11 @@ def run_batch(
         log.info("jobs.batch_retry_isolated", job=job, batch=len(taken), error=f"{type(exc).__name__}: {exc}"[:300])
         outcomes, follow_ups = _run_taken(db, taken, job, handlers[job], ctx, now, isolate=True)
     log.info("jobs.done", job=job, batch=len(taken), done=sum(o.status == "done" for o in outcomes))
+    if len(taken) == limit:
+        # A full batch may have left fresh rows behind that have no bell of their own (coalesced bells,
+        # coord/db/sqlite_queue.py): ring for the oldest, so the backlog drains batch after batch.
+        with db.read_engine.connect() as conn:
+            follow_ups += conn.execute(_NEXT_FRESH, {"job": job}).scalars().all()
     return outcomes, follow_ups
 
 
@@ -264,8 +282,7 @@ def _take_fresh(db: Any, outbox_id: str, job: str, limit: int, now: datetime, le
     waiting for the other's (a deadlock when each held a row the other's UPDATE wanted). SQLite ignores
     the lock clause; its writers are serialised anyway.
     """
-    fresh = (OutboxJob.status == "pending", OutboxJob.job == job, OutboxJob.attempts == 0,
-             OutboxJob.next_attempt_at <= now)
+    fresh = (OutboxJob.status == "pending", OutboxJob.job == job, OutboxJob.attempts == 0)  # due (see _due)
     pick = (
         select(OutboxJob.id)
         .where(*fresh)

@@ -4,8 +4,12 @@ SQLite lets one writer at a time hold a database; the others retry on a timer (t
 1, 2, 5, 10, 15, 20, 25 ... ms between tries). A write lock held for half a millisecond can so cost a
 waiter tens of milliseconds, and that was the tail of coord's latency: a delegation waited behind the
 worker's commit and the worker behind the delegation's. Here a write transaction first takes an `flock`
-on a sidecar file, `<database>-gate` (a blocked flock wakes the moment its holder lets go), and only
-then runs BEGIN IMMEDIATE, which finds the database free.
+on a sidecar file, `<database>-gate`, trying again every 0.1 ms rising to 1 ms (so a waiter is at most
+a millisecond late), and only then runs BEGIN IMMEDIATE, which finds the database free.
+
+The wait is bounded: after the connection's busy timeout the writer stops waiting for the gate and goes
+on to BEGIN IMMEDIATE, which waits in SQLite's busy handler and fails with "database is locked" if the
+holder still holds on: a stopped or hung holder costs an error, as without the gate, never a hang.
 
 SQLite's own locking still decides who writes; the gate only orders the waiting. A writer that does not
 use it (the sqlite3 shell, another program) meets the busy handler, as before.
@@ -22,9 +26,11 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 _held = threading.local()  # the gate paths this thread holds
+FIRST_PAUSE_S, MAX_PAUSE_S = 0.0001, 0.001
 
 
 def gate_path(database: Any) -> str | None:
@@ -44,8 +50,9 @@ def _thread_holds() -> set[str]:
 class GatedConnection(sqlite3.Connection):
     """A sqlite3 connection whose write transactions (`begin`) queue on the database's gate first."""
 
-    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(database, *args, **kwargs)
+    def __init__(self, database: Any, *args: Any, timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(database, *args, timeout=timeout, **kwargs)
+        self._gate_timeout = timeout
         self._gate = gate_path(database)
         self._gate_fd: int | None = None
         self._holding = False
@@ -87,7 +94,16 @@ class GatedConnection(sqlite3.Connection):
             except OSError:  # a folder we may read but not write: no gate, the busy handler as before
                 self._gate = None
                 return
-        fcntl.flock(self._gate_fd, fcntl.LOCK_EX)
+        deadline, pause = time.monotonic() + self._gate_timeout, FIRST_PAUSE_S
+        while True:
+            try:
+                fcntl.flock(self._gate_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return  # give up on the gate: SQLite's busy handler and its timeout decide (module doc)
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE_S)
         self._holding = True
         _thread_holds().add(self._gate)
 

@@ -101,19 +101,32 @@ def _immediate(con: GatedConnection) -> Iterator[None]:
     con.commit()
 
 
+# A fresh job of the kind that no worker has taken yet: its bell is on its way, and the batch that bell
+# starts takes every fresh row of the kind (coord.outbox.run_batch), one committed after it included.
+_WAITING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND job = ? AND attempts = 0)"
+
+
 class Delegated(NamedTuple):
-    """What `delegate` found: `outbox_id` is set when the task was written; else `from_status` or
-    `existing` (from_agent, to_agent, payload_hash) say why not, or `target_missing` is True."""
+    """What `delegate` found: `outbox_id` is set when the task was written (`ring`: whether it needs a
+    bell of its own); else `from_status` or `existing` (from_agent, to_agent, payload_hash) say why not,
+    or `target_missing` is True."""
 
     outbox_id: str | None = None
+    ring: bool = True
     from_status: str | None = "active"
     existing: tuple[str, str, str] | None = None
     target_missing: bool = False
 
 
-def delegate(db: Any, task: dict[str, Any], job: str, max_job_attempts: int) -> Delegated:
+def delegate(db: Any, task: dict[str, Any], job: str, max_job_attempts: int, *, coalesce: bool) -> Delegated:
     """Write a pending task for an active target and its dispatch job, in one transaction; `task` holds
-    the columns of coord/delegation.py's row. Checks in the ORM path's order: delegator, replay, target."""
+    the columns of coord/delegation.py's row. Checks in the ORM path's order: delegator, replay, target.
+
+    Doorbell coalescing: while an earlier job of the kind waits untaken, its bell will start a batch
+    that takes this one too, so this one is not rung: under load, one bell a batch instead of one a
+    delegation (every extra bell costs the worker a queue round trip for nothing). If that bell is lost,
+    the reconciler rings, as for any lost bell (invariant 1). Only with `coalesce`, i.e. when a worker
+    runs the jobs in batches; a bell run in-process (`dispatch = "inline"`) runs its own row alone."""
     at = stored(task["created_at"])
     with db.raw_connection() as con, _immediate(con):
         from_status, to_status = con.execute(_AGENTS, (task["from_agent"], task["to_agent"])).fetchone()
@@ -128,9 +141,10 @@ def delegate(db: Any, task: dict[str, Any], job: str, max_job_attempts: int) -> 
             task["id"], task["from_agent"], task["to_agent"], task["task_type"], json.dumps(task["payload"]),
             task["payload_hash"], task["priority"], at, at, task["max_attempts"],
         ))
+        waiting = coalesce and con.execute(_WAITING, (job,)).fetchone()[0]
         outbox_id = new_id()
         con.execute(_NEW_JOB, (outbox_id, job, task["id"], max_job_attempts, at, at))
-    return Delegated(outbox_id=outbox_id)
+    return Delegated(outbox_id=outbox_id, ring=not waiting)
 
 
 def _claimed(row: tuple | None) -> ClaimedRow | None:

@@ -140,3 +140,50 @@ def test_overlapping_batches_of_concurrent_workers_split_the_rows(coord: Coordin
     assert sorted(ran) == sorted(bells), "a row ran twice or never"
     assert {o.status for o in outcomes} <= {"done", "skipped"}
     assert len(coord.inbox("receiver", limit=10 * n)) == n
+
+
+def test_a_delegation_behind_an_untaken_one_shares_its_bell_and_full_batches_ring_on(tmp_path: Path) -> None:
+    """SQLite, queue dispatch: while an earlier dispatch job waits untaken, a new delegation rings no bell
+    of its own (the earlier bell's batch takes it); a batch that hit its limit rings for the rest."""
+    from conftest import RecordingBell
+
+    from coord.jobs import HANDLERS, JobContext
+
+    bell = RecordingBell()
+    c = Coordinator(make_settings(tmp_path, dispatch="queue"), bell=bell)
+    try:
+        c.register_agent("sender", "delegates")
+        c.register_agent("receiver", "receives")
+        bell.rung.clear()  # the registrations' embed jobs
+        for i in range(5):
+            c.delegate("sender", "receiver", {"title": str(i)}, id=f"t{i}")
+        rows = _rows(c)
+        assert bell.rung == [rows["t0"].id], "only the first delegation needed a bell"
+
+        ctx = JobContext(c.settings, c.db)
+        outcomes, follow_ups = run_batch(c.db, bell.rung[0], HANDLERS, ctx, batchable=frozenset({JOB_DISPATCH}),
+                                         limit=3)
+        assert [o.status for o in outcomes] == ["done"] * 3
+        assert follow_ups == [rows["t3"].id], "a full batch rings for the oldest row left"
+        outcomes, follow_ups = run_batch(c.db, follow_ups[0], HANDLERS, ctx, batchable=frozenset({JOB_DISPATCH}),
+                                         limit=3)
+        assert [o.status for o in outcomes] == ["done"] * 2 and follow_ups == []
+        assert sorted(m.ref_id for m in c.inbox("receiver")) == [f"t{i}" for i in range(5)]
+
+        c.delegate("sender", "receiver", {"title": "after"}, id="t5")
+        assert bell.rung[-1] == _rows(c)["t5"].id, "nothing waits untaken any more: a bell of its own"
+    finally:
+        c.close()
+
+
+def test_inline_dispatch_rings_every_delegation(tmp_path: Path) -> None:
+    """In-process dispatch runs each rung row alone: no delegation may rely on another's bell."""
+    c = Coordinator(make_settings(tmp_path, dispatch="inline"))
+    try:
+        c.register_agent("sender", "delegates")
+        c.register_agent("receiver", "receives")
+        for i in range(3):
+            c.delegate("sender", "receiver", {"title": str(i)}, id=f"t{i}")
+        assert sorted(m.ref_id for m in c.inbox("receiver")) == ["t0", "t1", "t2"]
+    finally:
+        c.close()

@@ -67,7 +67,7 @@ def test_a_rollback_lets_the_next_writer_in(db: Path):
 
 
 def test_a_nested_writer_in_the_same_thread_does_not_wait_for_itself(db: Path):
-    """Without the per-thread check this would hang forever; with it SQLite's own timeout answers."""
+    """The second connection must not queue behind its own thread: SQLite's timeout answers at once."""
     outer, inner = _open(db), _open(db, timeout=0.2)
     outer.begin()
     started = time.monotonic()
@@ -117,3 +117,17 @@ def test_a_gate_that_cannot_be_opened_falls_back_to_the_busy_handler(db: Path):
     con.execute("INSERT INTO t VALUES ('ungated')")
     con.commit()
     assert [r[0] for r in con.execute("SELECT who FROM t")] == ["ungated"]
+
+
+def test_a_stopped_holder_costs_an_error_after_the_timeout_not_a_hang(db: Path):
+    """A holder that stops (SIGSTOP, a debugger, a hung transaction) keeps the gate: the waiter gives up on
+    it after its timeout and meets SQLite's lock, which fails as it would without the gate."""
+    holder, waiter = _open(db), _open(db, timeout=0.3)
+    holder.begin()
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        waiter.begin()
+    assert time.monotonic() - started < 5
+    holder.commit()
+    waiter.begin()
+    waiter.commit()

@@ -322,8 +322,10 @@ def test_bad_files_raise_typed_errors(tmp_path, case):
 
 def test_invalid_yaml_names_the_file_line():
     with pytest.raises(AgentFileError) as err:
-        parse_agent_text("---\nname: x\ndescription: a: b\n---\n")
+        parse_agent_text("---\nname: x\ndescription: 'a' b\n---\n")
     assert err.value.reason == "invalid_yaml" and err.value.details["line"] == 3
+    # `description: a: b` is not valid YAML either, but it is read leniently (tests/unit/test_agentparse.py).
+    assert parse_agent_text("---\nname: x\ndescription: a: b\n---\n").warnings
 
 
 def test_too_large_is_rejected_without_reading_it(tmp_path):
