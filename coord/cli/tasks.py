@@ -71,12 +71,23 @@ def tasks_heartbeat(ctx: click.Context, state: CliState, task_id: str, token: in
 @click.argument("task_id")
 @click.argument("token", type=int)
 @click.option("--result", "result_json", help="Result as a JSON object.")
+@click.option("--next", "next_agent", metavar="AGENT", help="Then claim AGENT's next task, in the same transaction.")
+@click.option("--lease", "lease_seconds", type=float, help="Lease of the next task (with --next).")
 @pass_state
 @click.pass_context
-def tasks_complete(ctx: click.Context, state: CliState, task_id: str, token: int, result_json: str | None) -> None:
-    """Complete a claimed task."""
-    state.coordinator.complete(task_id, token, parse_json_option(result_json, "--result"))
-    show(ctx, {"task_id": task_id, "status": "completed"}, lambda: console.print(f"{task_id} completed"))
+def tasks_complete(ctx: click.Context, state: CliState, task_id: str, token: int, result_json: str | None,
+                   next_agent: str | None, lease_seconds: float | None) -> None:
+    """Complete a claimed task (and with --next, claim the agent's next one)."""
+    result = parse_json_option(result_json, "--result")
+    if next_agent is None:
+        state.coordinator.complete(task_id, token, result)
+        show(ctx, {"task_id": task_id, "status": "completed"}, lambda: console.print(f"{task_id} completed"))
+        return
+    c = state.coordinator.complete_and_claim(task_id, token, result, agent_id=next_agent, lease_seconds=lease_seconds)
+    show(ctx, {"task_id": task_id, "status": "completed", "next": c}, lambda: console.print(
+        f"{task_id} completed; " + (f"claimed {c.task_id} token={c.token} lease until {fmt(c.lease_expires_at)}"
+                                    if c else f"no pending task for {next_agent}")
+    ))
 
 
 @tasks.command("fail")

@@ -191,6 +191,20 @@ def test_seed_examples_through_the_cli(coordinator: Coordinator, settings: Setti
     assert gaps == {("mcp", "postgresql"): 2, ("expertise", "blockchain"): 1, ("agent", "ui-wizard"): 1}
 
 
+def test_complete_next_claims_the_following_task_through_the_cli(coordinator: Coordinator, settings: Settings):
+    _register(coordinator)
+    for i in (1, 2):
+        coordinator.delegate("backend-expert", "frontend-expert", {"title": f"job {i}"}, id=f"job-{i}")
+    cli = Cli(settings)
+    first = cli.ok("tasks", "claim", "frontend-expert")
+    done = cli.ok("tasks", "complete", first["task_id"], str(first["token"]), "--next", "frontend-expert")
+    assert (done["status"], done["next"]["task_id"]) == ("completed", "job-2")
+    last = cli.ok("tasks", "complete", "job-2", str(done["next"]["token"]), "--next", "frontend-expert")
+    assert last == {"task_id": "job-2", "status": "completed", "next": None}
+    code, error = cli("tasks", "complete", "job-2", str(done["next"]["token"] + 1), "--next", "frontend-expert")
+    assert (code, error["error"]) == (4, "lease_lost")
+
+
 def test_invalid_settings_exit_78(tmp_path: Path):
     env = child_env(COORD_STATE_DIR=str(tmp_path), COORD_LEASE_SECONDS="soon", XDG_CONFIG_HOME=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "coord.cli", "--json", "tasks", "ls"], env=env,

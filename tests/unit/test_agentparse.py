@@ -244,9 +244,9 @@ def test_normalize_tag_treats_every_dash_as_a_hyphen(raw, tag):
 
 
 def test_second_collection_parses_when_present():
-    folder = Path(os.environ.get("COORD_SECOND_AGENT_COLLECTION", "/nonexistent"))
+    folder = Path(os.environ.get("COORD_TEST_SECOND_AGENT_COLLECTION", "/nonexistent"))
     if not folder.is_dir():
-        pytest.skip("set COORD_SECOND_AGENT_COLLECTION to a folder of agent files (e.g. VoltAgent's categories/)")
+        pytest.skip("set COORD_TEST_SECOND_AGENT_COLLECTION to a folder of agent files (e.g. VoltAgent's categories/)")
     files = sorted(p for p in folder.rglob("*.md") if p.name.lower() != "readme.md")
     failed = []
     for path in files:
