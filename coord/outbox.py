@@ -86,7 +86,10 @@ class OwnTransactions:
 class ManyAtOnce:
     """A handler that runs a whole batch of taken rows in one call: `fn(session, rows, ctx)`. For short
     database-only jobs whose per-row statements would cost more than the work (dispatch). Called with one
-    row, it is an ordinary handler (single runs, and the per-job savepoints of a batch that failed)."""
+    row, it is an ordinary handler (single runs, and the per-job savepoints of a batch that failed).
+
+    It must not be able to take its process down (database work only): a fresh batch is taken and run in
+    one transaction (run_batch), so a crash leaves no attempt counted that would stop a poison job."""
 
     fn: Callable[[Session, list[OutboxJob], Any], list[str] | None]
 
@@ -205,11 +208,11 @@ def run_batch(
     """The worker's `run_job`: under load, one bell runs up to `limit` fresh rows of its kind at once.
 
     Same guarantees as `run_job` (the take is committed before any handler runs, so a crash is counted),
-    two transactions per batch instead of two per job. Only rows never tried before (`attempts == 0`)
-    of a `batchable` kind join a batch, run in one transaction (again with a savepoint per job if one of
-    them raised, so a failure stays with its job); anything else,
-    including every retry and every row whose worker died, runs alone through `run_job`, so a poison
-    job is isolated after its first try.
+    two transactions per batch instead of two per job; one for a ManyAtOnce handler, which cannot crash
+    its process. Only rows never tried before (`attempts == 0`) of a `batchable` kind join a batch, run
+    in one transaction (again with a savepoint per job if one of them raised, so a failure stays with
+    its job); anything else, including every retry and every row whose worker died, runs alone through
+    `run_job`, so a poison job is isolated after its first try.
     """
     # Most bells of a busy queue are for rows a batch already ran: answer those with one cheap read.
     with db.read_engine.connect() as conn:
@@ -222,59 +225,89 @@ def run_batch(
         outcome, follow_ups = run_job(db, outbox_id, handlers, ctx, now=now, lease=lease)
         return [outcome], follow_ups
 
-    taken = _take_fresh(db, outbox_id, job, limit, now(), lease(job))
+    handler = handlers[job]
+    taken: list[str] = []
+    if isinstance(handler, ManyAtOnce):
+        # Database-only work that cannot take its process down: the take and the work share one
+        # transaction (a crash rolls the take back with the work, and the reconciler rings again), so the
+        # worker holds the write lock once a batch. If a handler raises, the two-step path below runs.
+        try:
+            with db.session() as s:
+                taken = _take_fresh(s, outbox_id, job, limit, now(), lease(job))
+                outcomes, follow_ups = _run_rows(s, taken, job, handler, ctx, now, isolate=False)
+        except Exception as exc:
+            log.info("jobs.batch_retry_isolated", job=job, error=f"{type(exc).__name__}: {exc}"[:300])
+            taken = []
+        else:
+            if taken:
+                return _batch_done(db, job, taken, limit, outcomes, follow_ups)
+
+    with db.session() as s:
+        taken = _take_fresh(s, outbox_id, job, limit, now(), lease(job))
     if not taken:  # another worker took it (or it stopped being fresh): the single path sorts it out
         outcome, follow_ups = run_job(db, outbox_id, handlers, ctx, now=now, lease=lease)
         return [outcome], follow_ups
 
     try:
-        outcomes, follow_ups = _run_taken(db, taken, job, handlers[job], ctx, now, isolate=False)
+        outcomes, follow_ups = _run_taken(db, taken, job, handler, ctx, now, isolate=False)
     except Exception as exc:
         # Some handler raised: nothing of the batch was committed. Again, one savepoint per job, so the
         # failure stays with its job (the rows are still ours: the take's lease runs).
         log.info("jobs.batch_retry_isolated", job=job, batch=len(taken), error=f"{type(exc).__name__}: {exc}"[:300])
-        outcomes, follow_ups = _run_taken(db, taken, job, handlers[job], ctx, now, isolate=True)
+        outcomes, follow_ups = _run_taken(db, taken, job, handler, ctx, now, isolate=True)
+    return _batch_done(db, job, taken, limit, outcomes, follow_ups)
+
+
+def _batch_done(db: Any, job: str, taken: list[str], limit: int, outcomes: list[JobOutcome],
+                follow_ups: list[str]) -> tuple[list[JobOutcome], list[str]]:
     log.info("jobs.done", job=job, batch=len(taken), done=sum(o.status == "done" for o in outcomes))
     if len(taken) == limit:
         # A full batch may have left fresh rows behind that have no bell of their own (coalesced bells,
         # coord/db/sqlite_queue.py): ring for the oldest, so the backlog drains batch after batch.
         with db.read_engine.connect() as conn:
-            follow_ups += conn.execute(_NEXT_FRESH, {"job": job}).scalars().all()
+            follow_ups = follow_ups + list(conn.execute(_NEXT_FRESH, {"job": job}).scalars())
     return outcomes, follow_ups
 
 
 def _run_taken(db: Any, taken: list[str], job: str, handler: Any, ctx: Any, now: Callable[[], datetime], *,
                isolate: bool) -> tuple[list[JobOutcome], list[str]]:
-    """Run taken rows in one transaction; `isolate`: a savepoint per job (else any error aborts the batch)."""
+    with db.session() as s:
+        return _run_rows(s, taken, job, handler, ctx, now, isolate=isolate)
+
+
+def _run_rows(s: Session, taken: list[str], job: str, handler: Any, ctx: Any, now: Callable[[], datetime], *,
+              isolate: bool) -> tuple[list[JobOutcome], list[str]]:
+    """Run taken rows in transaction `s`; `isolate`: a savepoint per job (else any error aborts the batch)."""
     outcomes: list[JobOutcome] = []
     follow_ups: list[str] = []
-    with db.session() as s:
-        rows = {r.id: r for r in s.scalars(select(OutboxJob).where(OutboxJob.id.in_(taken)))}
-        if isinstance(handler, ManyAtOnce) and not isolate:
-            follow_ups.extend(handler.fn(s, [rows[row_id] for row_id in taken], ctx) or [])
-            outcomes = [JobOutcome(row_id, "done", rows[row_id].attempts) for row_id in taken]
-        else:
-            for row_id in taken:
-                row = rows[row_id]
-                with bound(outbox_id=row_id, job=job, ref_id=row.ref_id, attempt=row.attempts):
-                    try:
-                        with s.begin_nested() if isolate else nullcontext():
-                            follow_ups.extend(handler(s, row, ctx) or [])
-                    except Exception as exc:
-                        if not isolate:
-                            raise
-                        outcomes.append(_settle_error(row, exc, now()))
-                        continue
-                outcomes.append(JobOutcome(row_id, "done", row.attempts))
-        done = [o.outbox_id for o in outcomes if o.status == "done"]
-        if done:
-            s.execute(update(OutboxJob).where(OutboxJob.id.in_(done))
-                      .values(status="done", finished_at=now(), last_error=None)
-                      .execution_options(synchronize_session=False))
+    if not taken:
+        return outcomes, follow_ups
+    rows = {r.id: r for r in s.scalars(select(OutboxJob).where(OutboxJob.id.in_(taken)))}
+    if isinstance(handler, ManyAtOnce) and not isolate:
+        follow_ups.extend(handler.fn(s, [rows[row_id] for row_id in taken], ctx) or [])
+        outcomes = [JobOutcome(row_id, "done", rows[row_id].attempts) for row_id in taken]
+    else:
+        for row_id in taken:
+            row = rows[row_id]
+            with bound(outbox_id=row_id, job=job, ref_id=row.ref_id, attempt=row.attempts):
+                try:
+                    with s.begin_nested() if isolate else nullcontext():
+                        follow_ups.extend(handler(s, row, ctx) or [])
+                except Exception as exc:
+                    if not isolate:
+                        raise
+                    outcomes.append(_settle_error(row, exc, now()))
+                    continue
+            outcomes.append(JobOutcome(row_id, "done", row.attempts))
+    done = [o.outbox_id for o in outcomes if o.status == "done"]
+    if done:
+        s.execute(update(OutboxJob).where(OutboxJob.id.in_(done))
+                  .values(status="done", finished_at=now(), last_error=None)
+                  .execution_options(synchronize_session=False))
     return outcomes, follow_ups
 
 
-def _take_fresh(db: Any, outbox_id: str, job: str, limit: int, now: datetime, lease: timedelta) -> list[str]:
+def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime, lease: timedelta) -> list[str]:
     """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement.
 
     PostgreSQL: the rows are picked, the bell's own first, by one `FOR UPDATE SKIP LOCKED` subquery, so
@@ -290,14 +323,13 @@ def _take_fresh(db: Any, outbox_id: str, job: str, limit: int, now: datetime, le
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    with db.session() as s:
-        rows = s.execute(
-            update(OutboxJob)
-            .where(OutboxJob.id.in_(pick.scalar_subquery()), *fresh)
-            .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
-            .returning(OutboxJob.id, OutboxJob.created_at)
-            .execution_options(synchronize_session=False)
-        ).all()
+    rows = s.execute(
+        update(OutboxJob)
+        .where(OutboxJob.id.in_(pick.scalar_subquery()), *fresh)
+        .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
+        .returning(OutboxJob.id, OutboxJob.created_at)
+        .execution_options(synchronize_session=False)
+    ).all()
     # If the bell's own row was taken meanwhile, the others are still ours and run now (their lease runs).
     return [r[0] for r in sorted(rows, key=lambda r: (r[1], r[0]))]
 

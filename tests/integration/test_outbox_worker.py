@@ -187,3 +187,30 @@ def test_inline_dispatch_rings_every_delegation(tmp_path: Path) -> None:
         assert sorted(m.ref_id for m in c.inbox("receiver")) == ["t0", "t1", "t2"]
     finally:
         c.close()
+
+
+def test_a_many_at_once_batch_that_raises_is_rerun_a_job_at_a_time(coord: Coordinator) -> None:
+    """The one-transaction batch rolls back whole (its take included); the two-step path then takes the
+    rows, and a savepoint per job keeps the failure with its own row."""
+    from coord.outbox import ManyAtOnce
+
+    for i in range(4):
+        coord.delegate("sender", "receiver", {"title": str(i)}, id=f"t{i}")
+    outbox = {ref: r.id for ref, r in _rows(coord).items()}
+    seen: list[list[str]] = []
+
+    def dispatch_all(session: Any, rows: list[OutboxJob], ctx: Any) -> list[str]:
+        seen.append([r.ref_id for r in rows])
+        if any(r.ref_id == "t1" for r in rows):
+            raise RuntimeError("t1 cannot be dispatched")
+        return []
+
+    outcomes, _ = run_batch(coord.db, outbox["t0"], {JOB_DISPATCH: ManyAtOnce(dispatch_all)}, None,
+                            batchable=frozenset({JOB_DISPATCH}))
+    assert seen[0] == ["t0", "t1", "t2", "t3"]  # the one-transaction try
+    assert {o.outbox_id: o.status for o in outcomes} == {
+        outbox["t0"]: "done", outbox["t1"]: "retry", outbox["t2"]: "done", outbox["t3"]: "done"}
+    rows = _rows(coord)
+    assert (rows["t1"].status, rows["t1"].attempts) == ("pending", 1)
+    assert "cannot be dispatched" in rows["t1"].last_error
+    assert all(rows[t].attempts == 1 for t in ("t0", "t2", "t3")), "the failed try counted no attempt of its own"
