@@ -50,8 +50,6 @@ _NOTIFY = (
     "INSERT INTO inbox (id, agent_id, kind, ref_id, body, created_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
-
-
 _AGENTS = "SELECT (SELECT status FROM agents WHERE id = ?), (SELECT status FROM agents WHERE id = ?)"
 _EXISTING = "SELECT from_agent, to_agent, payload_hash FROM tasks WHERE id = ?"
 _NEW_TASK = (
@@ -63,6 +61,9 @@ _NEW_JOB = (
     "INSERT INTO outbox (id, job, ref_id, payload, status, attempts, max_attempts, created_at, next_attempt_at)"
     " VALUES (?, ?, ?, '{}', 'pending', 0, ?, ?, ?)"
 )
+# A fresh job of the kind that no worker has taken yet: its bell is on its way, and the batch that bell
+# starts takes every fresh row of the kind (coord.outbox.run_batch), one committed after it included.
+_WAITING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND job = ? AND attempts = 0)"
 
 
 class ClaimedRow(NamedTuple):
@@ -99,11 +100,6 @@ def _immediate(con: GatedConnection) -> Iterator[None]:
         con.rollback()
         raise
     con.commit()
-
-
-# A fresh job of the kind that no worker has taken yet: its bell is on its way, and the batch that bell
-# starts takes every fresh row of the kind (coord.outbox.run_batch), one committed after it included.
-_WAITING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND job = ? AND attempts = 0)"
 
 
 class Delegated(NamedTuple):

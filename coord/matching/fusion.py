@@ -34,8 +34,8 @@ The drop past 0.1 is steep, which is the second reason for the small weight: on 
 word statistics differ, the same weight must not land past the edge. A held-out check on a second
 public collection (VoltAgent's awesome-claude-code-subagents, 158 agents, 50 paraphrased + 12 keyword
 needs written from the agent names alone before anything was measured; not committed) gave the same
-figures for 0.05 and 0.1: paraphrased 58 % / 74 % as coord syncs it today (the parser refuses 10 of its
-files), 62 % / 78 % with those files repaired (cosine alone 62 % / 80 %); keyword 100 %. Keyword
+figures for 0.05 and 0.1: paraphrased 58 % / 74 % while the parser still refused 10 of its files,
+62 % / 78 % now that it reads them (cosine alone 62 % / 80 %); keyword 100 %. Keyword
 weights anywhere from (0.3, 0.7) to (0.7, 0.3) give the same figures. Other fusions measured on the
 wshobson set, none better: lexical not divided by its best (raw squashed score capped at 1, weights
 0.05-0.2) 61 % / 78 % at best; semantic z-scored over the collection 63 % / 77 %; reciprocal rank fusion
