@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from conftest import make_settings
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from coord.client import Coordinator
 from coord.clock import utcnow
-from coord.db.models import OutboxJob
+from coord.db.models import OutboxJob, Task
 from coord.outbox import SilentBell, run_batch
 from coord.periodic import claim_period, period_start, reconcile, run_periodic
 from coord.states import JOB_DISPATCH
@@ -120,9 +120,20 @@ def test_overlapping_batches_of_concurrent_workers_split_the_rows(coord: Coordin
     from coord.jobs import HANDLERS, JobContext
 
     n = 600
-    for i in range(n):
-        coord.delegate("sender", "receiver", {"title": str(i)}, id=f"t{i}")
-    bells = [r.id for r in _rows(coord).values() if r.job == JOB_DISPATCH]
+    now = utcnow()
+    with coord.db.session() as s:  # the backlog in two statements: delegate() itself is tested elsewhere
+        s.execute(insert(Task), [
+            dict(id=f"t{i}", from_agent="sender", to_agent="receiver", task_type="delegation", payload={"n": i},
+                 payload_hash=f"{i:064x}", priority=1, status="pending", created_at=now + timedelta(microseconds=i),
+                 updated_at=now, lease_token=0, attempts=0, max_attempts=3)
+            for i in range(n)
+        ])
+        s.execute(insert(OutboxJob), [
+            dict(id=f"o{i:04d}", job=JOB_DISPATCH, ref_id=f"t{i}", payload={}, status="pending", attempts=0,
+                 max_attempts=5, created_at=now + timedelta(microseconds=i), next_attempt_at=now)
+            for i in range(n)
+        ])
+    bells = [f"o{i:04d}" for i in range(n)]
     ctx = JobContext(coord.settings, coord.db)
 
     queue = iter(bells)  # next() on one iterator from four threads: each bell is taken by one worker
