@@ -237,16 +237,13 @@ def run_batch(
                 outcomes, follow_ups = _run_rows(s, taken, job, handler, ctx, now, isolate=False)
         except Exception as exc:
             log.info("jobs.batch_retry_isolated", job=job, error=f"{type(exc).__name__}: {exc}"[:300])
-            taken = []
         else:
-            if taken:
-                return _batch_done(db, job, taken, limit, outcomes, follow_ups)
+            return _batch_done(db, job, taken, limit, outcomes, follow_ups) if taken else _nothing(outbox_id)
 
     with db.session() as s:
         taken = _take_fresh(s, outbox_id, job, limit, now(), lease(job))
-    if not taken:  # another worker took it (or it stopped being fresh): the single path sorts it out
-        outcome, follow_ups = run_job(db, outbox_id, handlers, ctx, now=now, lease=lease)
-        return [outcome], follow_ups
+    if not taken:
+        return _nothing(outbox_id)
 
     try:
         outcomes, follow_ups = _run_taken(db, taken, job, handler, ctx, now, isolate=False)
@@ -256,6 +253,13 @@ def run_batch(
         log.info("jobs.batch_retry_isolated", job=job, batch=len(taken), error=f"{type(exc).__name__}: {exc}"[:300])
         outcomes, follow_ups = _run_taken(db, taken, job, handler, ctx, now, isolate=True)
     return _batch_done(db, job, taken, limit, outcomes, follow_ups)
+
+
+def _nothing(outbox_id: str) -> tuple[list[JobOutcome], list[str]]:
+    """Nothing fresh was left to take, this bell's own row included: another worker's batch holds it (and
+    runs it, or rolls back and takes it again), or ran it, or it failed and its retry has a bell of its
+    own. Waiting for that worker's row locks (the single path's take does) would only stall this one."""
+    return [JobOutcome(outbox_id, "skipped")], []
 
 
 def _batch_done(db: Any, job: str, taken: list[str], limit: int, outcomes: list[JobOutcome],
