@@ -120,14 +120,31 @@ def test_a_gate_that_cannot_be_opened_falls_back_to_the_busy_handler(db: Path):
 
 
 def test_a_stopped_holder_costs_an_error_after_the_timeout_not_a_hang(db: Path):
-    """A holder that stops (SIGSTOP, a debugger, a hung transaction) keeps the gate: the waiter gives up on
-    it after its timeout and meets SQLite's lock, which fails as it would without the gate."""
-    holder, waiter = _open(db), _open(db, timeout=0.3)
-    holder.begin()
-    started = time.monotonic()
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
-        waiter.begin()
-    assert time.monotonic() - started < 5
-    holder.commit()
-    waiter.begin()
+    """A holder that stops (SIGSTOP, a debugger, a hung transaction) keeps the gate: the waiter, in another
+    thread, gives up on the gate after its timeout and meets SQLite's lock, which fails as it would
+    without the gate."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holder = _open(db)
+        holder.begin()
+        holding.set()
+        release.wait(30)
+        holder.commit()
+        holder.close()
+
+    holder_thread = threading.Thread(target=hold)
+    holder_thread.start()
+    try:
+        assert holding.wait(10)
+        waiter = _open(db, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            waiter.begin()
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 5, f"gave up after {waited:.2f}s"
+    finally:
+        release.set()
+        holder_thread.join(10)
+    waiter.begin()  # the holder let go: the gate and the file are free again
     waiter.commit()
