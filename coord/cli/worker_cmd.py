@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import threading
+
 import click
+import structlog
 
 from coord.cli.main import CliState, pass_state
+
+log = structlog.get_logger(__name__)
 
 
 @click.command()
@@ -20,7 +28,23 @@ def worker(state: CliState, concurrency: int | None, worker_type: str | None) ->
     from worker.daemon import Daemon
 
     overrides = {**state.overrides, "worker_concurrency": concurrency, "worker_type": worker_type}
-    raise SystemExit(Daemon(state.config, overrides).run())
+    _exit(Daemon(state.config, overrides).run())
+
+
+def _exit(code: int) -> None:
+    """End the daemon's process. A job still running when the grace period is over is abandoned (its outbox
+    row is taken again when its lease runs out, invariant 1); its thread may be inside native code, e.g.
+    ONNX Runtime loading the model. Finalizing the interpreter under such a thread aborts the process
+    (SIGABRT, "terminate called without an active exception"), which systemd records as a crash. So when
+    threads are left, the logs are flushed and the process leaves without finalizing."""
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if not left:
+        raise SystemExit(code)
+    log.warning("worker.abandoned_jobs", threads=left, exit_code=code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def register(cli: click.Group) -> None:

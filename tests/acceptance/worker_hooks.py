@@ -3,6 +3,8 @@
 - `test.raise`: appends the time to the file named by the row's payload["log"], then raises.
 - `test.poison`: kills the worker process that runs it (SIGKILL), every time.
 - `test.sleep`: sleeps payload["seconds"], then appends the time to payload["log"].
+- `test.load_model`: appends "loading" to payload["log"], then loads the embedding model (ONNX Runtime) over
+  and over for payload["seconds"]: a job inside native code when the daemon stops.
 """
 
 from __future__ import annotations
@@ -44,4 +46,21 @@ def _sleep(db: Any, outbox_id: str, ctx: Any) -> list[str]:
 handle_sleep = OwnTransactions(_sleep)
 
 
-HANDLERS.update({"test.raise": handle_raise, "test.poison": handle_poison, "test.sleep": handle_sleep})
+def _load_model(db: Any, outbox_id: str, ctx: Any) -> list[str]:
+    from coord.db.models import OutboxJob
+    from coord.matching.embedder import OnnxMiniLM
+
+    with db.reader() as s:
+        row = s.get(OutboxJob, outbox_id)
+    _note(row, "loading")
+    until = time.monotonic() + float(row.payload.get("seconds", 1.0))
+    while time.monotonic() < until:
+        OnnxMiniLM()  # a new ONNX Runtime session each time: its threads start and stop in C++
+    return []
+
+
+handle_load_model = OwnTransactions(_load_model)
+
+
+HANDLERS.update({"test.raise": handle_raise, "test.poison": handle_poison, "test.sleep": handle_sleep,
+                 "test.load_model": handle_load_model})
