@@ -319,7 +319,7 @@ class Coordinator:
         id: str | None = None,
     ) -> GapResult:
         report_id = new_id() if id is None else id
-        with self.db.session() as s:
+        with self.db.connection() as s:  # Core statements only: agents report often (see coord.gaps)
             registry.require_active(s, agent_id, "reporting agent")
             from coord.payloads import check_payload
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -187,6 +187,9 @@ def current_tags(session: Session, agent_id: str) -> list[str]:
     )
 
 
+_AGENT_STATUS = select(AGENTS.c.status).where(AGENTS.c.id == bindparam("agent_id"))  # built once: a hot check
+
+
 def require_active(session: Session | Connection, agent_id: str, role: str = "agent") -> None:
     """Raise NotFound unless the agent is registered and active. Core select: works on a Connection too."""
     state = agent_state(session, agent_id)
@@ -195,7 +198,7 @@ def require_active(session: Session | Connection, agent_id: str, role: str = "ag
 
 
 def agent_state(session: Session | Connection, agent_id: str) -> str | None:
-    return session.scalar(select(AGENTS.c.status).where(AGENTS.c.id == agent_id))
+    return session.scalar(_AGENT_STATUS, {"agent_id": agent_id})
 
 
 def inactive_agent(agent_id: str, state: str | None, role: str = "agent") -> NotFound:
