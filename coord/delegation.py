@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from coord.db import sqlite_queue
+from coord.db import pg_queue, sqlite_queue
 from coord.db.backend import Backend, insert_ignore
 from coord.db.engine import Database
 from coord.db.models import InboxMessage, Task
@@ -86,7 +86,15 @@ def delegate(
             return _replayed(task_id, found.existing, from_agent, to_agent, digest), []
         if found.outbox_id is not None:
             return DelegationResult("delegated", task_id, to_agent), [found.outbox_id] if found.ring else []
-    with db.session() as session:  # PostgreSQL, and on SQLite a target that is missing
+    elif db.dialect == "postgresql":  # the same, one statement (see pg_queue)
+        found = pg_queue.delegate(db, row, JOB_DISPATCH, settings.outbox_max_attempts)
+        if found.from_status != "active":
+            raise inactive_agent(from_agent, found.from_status, "delegating agent")
+        if found.existing is not None:
+            return _replayed(task_id, found.existing, from_agent, to_agent, digest), []
+        if found.outbox_id is not None:
+            return DelegationResult("delegated", task_id, to_agent), [found.outbox_id]
+    with db.session() as session:  # a target that is missing, a replay that raced its original
         return _delegate(session, db.backend, settings, row, now)
 
 
@@ -155,6 +163,12 @@ def notify(
 def dispatch(session: Session, backend: Backend, task_ids: list[str], now: datetime) -> int:
     """The worker's half of delegations: tell each target, in two statements however many tasks.
     Idempotent on the task ids (the inbox is unique per agent, kind and task). Returns how many it told."""
+    if backend.dialect == "postgresql":  # one statement (see pg_queue)
+        found, notified = pg_queue.dispatch(session.connection(), task_ids, now)
+        if found < len(set(task_ids)):
+            gone = sorted(set(task_ids) - set(pg_queue.existing_tasks(session.connection(), task_ids)))
+            raise NotFound(f"task {gone[0]!r} vanished before dispatch")
+        return notified
     t = TASKS.c
     tasks = session.execute(
         select(t.id, t.from_agent, t.to_agent, t.priority, t.payload).where(t.id.in_(task_ids))
@@ -178,6 +192,8 @@ def claim_next(db: Database, agent_id: str, *, claimer: str, lease: timedelta, n
     """The best pending task of `agent_id`, moved to claimed under a fresh lease and fencing token."""
     if db.dialect == "sqlite":  # every claimer's hot path: plain DB-API statements (see sqlite_queue)
         agent_status, row = sqlite_queue.claim(db, agent_id, claimer, now, now + lease)
+    elif db.dialect == "postgresql":  # one statement (see pg_queue)
+        agent_status, row = pg_queue.claim(db, agent_id, claimer, now, now + lease)
     else:
         with db.connection() as conn:
             agent_status = agent_state(conn, agent_id)
@@ -263,6 +279,8 @@ def complete(
     then = None if next_claim is None else (next_claim[0], next_claim[1], now + next_claim[2])
     if db.dialect == "sqlite":  # the hot path (see claim_next)
         done, state, row = sqlite_queue.complete(db, task_id, token, data, now, NOTICE_COMPLETED, then)
+    elif db.dialect == "postgresql":
+        done, state, row = pg_queue.complete(db, task_id, token, data, now, NOTICE_COMPLETED, then)
     else:
         with db.connection() as conn:
             done, state, row = _complete(conn, db.backend, task_id, token, data, now, then)

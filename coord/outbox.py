@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
+from coord.db import pg_queue
 from coord.db.backend import insert_ignore
 from coord.db.models import OutboxJob
 from coord.ids import new_id
@@ -215,8 +216,11 @@ def run_batch(
     `run_job`, so a poison job is isolated after its first try.
     """
     # Most bells of a busy queue are for rows a batch already ran: answer those with one cheap read.
-    with db.read_engine.connect() as conn:
-        peek = conn.execute(_PEEK, {"id": outbox_id}).first()
+    if db.dialect == "postgresql":
+        peek = pg_queue.peek(db, outbox_id)  # one round trip: no ping, BEGIN or ROLLBACK
+    else:
+        with db.read_engine.connect() as conn:
+            peek = conn.execute(_PEEK, {"id": outbox_id}).first()
     if peek is None or peek.status != "pending" or (peek.attempts and peek.next_attempt_at > now()):
         # Finished, or leased by a worker running it, or a retry not yet due: a no-op, without the write lock.
         return [JobOutcome(outbox_id, "skipped", peek.attempts if peek else 0)], []
@@ -233,8 +237,12 @@ def run_batch(
         # worker holds the write lock once a batch. If a handler raises, the two-step path below runs.
         try:
             with db.session() as s:
-                taken = _take_fresh(s, outbox_id, job, limit, now(), lease(job))
-                outcomes, follow_ups = _run_rows(s, taken, job, handler, ctx, now, isolate=False)
+                # Taken and marked done by one statement that returns the rows: if the handler raises, the
+                # transaction rolls both back.
+                rows = _take_fresh(s, outbox_id, job, limit, now(), lease(job), done=True)
+                taken = [row.id for row in rows]
+                follow_ups = (handler.fn(s, rows, ctx) or []) if rows else []
+                outcomes = [JobOutcome(row.id, "done", row.attempts) for row in rows]
         except Exception as exc:
             log.info("jobs.batch_retry_isolated", job=job, error=f"{type(exc).__name__}: {exc}"[:300])
         else:
@@ -311,8 +319,11 @@ def _run_rows(s: Session, taken: list[str], job: str, handler: Any, ctx: Any, no
     return outcomes, follow_ups
 
 
-def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime, lease: timedelta) -> list[str]:
-    """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement.
+def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime, lease: timedelta, *,
+                done: bool = False) -> Any:
+    """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement;
+    their ids. With `done`, for a handler that runs in the same transaction: the rows are marked done by
+    the same statement, which returns them (OutboxJob, oldest first).
 
     PostgreSQL: the rows are picked, the bell's own first, by one `FOR UPDATE SKIP LOCKED` subquery, so
     a take never waits for a row: two workers whose batches overlap split the rows instead of each
@@ -327,13 +338,16 @@ def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime,
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    rows = s.execute(
+    take = (
         update(OutboxJob)
         .where(OutboxJob.id.in_(pick.scalar_subquery()), *fresh)
         .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
-        .returning(OutboxJob.id, OutboxJob.created_at)
         .execution_options(synchronize_session=False)
-    ).all()
+    )
+    if done:
+        taken = s.scalars(take.values(status="done", finished_at=now, last_error=None).returning(OutboxJob)).all()
+        return sorted(taken, key=lambda r: (r.created_at, r.id))
+    rows = s.execute(take.returning(OutboxJob.id, OutboxJob.created_at)).all()
     # If the bell's own row was taken meanwhile, the others are still ours and run now (their lease runs).
     return [r[0] for r in sorted(rows, key=lambda r: (r[1], r[0]))]
 

@@ -5,12 +5,16 @@ N in (1, 2, 4), on a fresh database and queue, with N `coord worker` daemons (1 
 1. N agent processes call `Coordinator.delegate()` (dispatch = queue) for --delegations tasks in total while
    the workers dispatch them: delegate() calls per second, and delegations per second end to end (first
    delegate() until the last target notification is committed).
-2. The workers alone: as many delegations committed without a bell, then every bell rung at once: jobs
-   per second drained, and the workers' CPU per job.
+2. The workers alone: as many delegations committed without a bell, then every bell rung at once (in one
+   queue write: a Redis pipeline, one SQLite transaction): jobs per second drained, and the workers' CPU
+   per job.
 3. The workers stopped, N agent processes claim + complete every task: claims per second.
+Agent processes start (imports, connections) before the clock does: each says it is ready, then all are
+released together, so the timings hold the work and not Python's start-up.
 Contention: errors seen by the agents, outbox jobs that hit any error (lock timeouts, serialization
 failures ...), jobs run more than once, and on PostgreSQL the server's deadlock counter.
-Cost per worker: CPU per job, start-up CPU, peak RSS (from wait4).
+Cost per worker: CPU per job, start-up CPU, peak RSS (from wait4). Every figure comes with the machine's load
+average: on a shared machine other work skews everything.
 
 Usage: scripts/bench scale [--delegations 1000] [--rounds 2] [--workers 1,2,4] [--engines sqlite,postgres]
        [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--redis-url redis://127.0.0.1:6379/12]
@@ -55,6 +59,9 @@ class Run:
     claims_per_s: float = 0.0
     drain_per_s: float = 0.0
     cpu_ms_per_job: float = 0.0
+    agent_cpu_ms: float = 0.0  # phase 1, per delegation: the agents' own CPU (client side of delegate())
+    worker_cpu_ms: float = 0.0  # phase 1, per delegation: the workers' CPU (bells, batches, idle polls)
+    busy: float = 0.0  # phase 1: share of the machine's CPU time busy (anyone's), 1.0 = every core
     errors: int = 0
     job_reruns: int = 0
     jobs_failed: int = 0
@@ -73,30 +80,34 @@ def _values(env: dict[str, str]) -> dict[str, Any]:
             "queue_url": env.get("COORD_QUEUE_URL"), "dispatch": "queue", "log_level": "warning"}
 
 
-def _delegator(env: dict[str, str], name: str, n: int, go: Any, out: Any) -> None:
+def _delegator(env: dict[str, str], name: str, n: int, ready: Any, go: Any, out: Any) -> None:
     from coord.client import Coordinator
     from coord.logs import configure_logging
     from coord.settings import load_settings
 
     configure_logging("warning", "json")
-    errors, start = 0, time.perf_counter()
+    errors, start, cpu = 0, time.perf_counter(), 0.0
     try:
         coord = Coordinator(load_settings(overrides=_values(env), env={}).settings)
+        coord.db.ping()  # a pooled connection open before the start line
+        ready.put(name)
         go.wait()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(n):
             try:
                 coord.delegate(BOSS, TARGET, {"title": f"{name} {i}"}, id=f"{name}-{i:06d}")
             except Exception:
                 errors += 1
+        cpu = time.process_time() - cpu
         coord.close()
     except Exception as exc:  # the parent must hear back whatever happens
         print(f"delegator {name}: {exc}", file=sys.stderr)
         errors = n
-    out.put((time.perf_counter() - start, errors))
+        ready.put(name)
+    out.put((time.perf_counter() - start, errors, cpu))
 
 
-def _claimer(env: dict[str, str], go: Any, out: Any) -> None:
+def _claimer(env: dict[str, str], ready: Any, go: Any, out: Any) -> None:
     from coord.client import Coordinator
     from coord.logs import configure_logging
     from coord.settings import load_settings
@@ -105,6 +116,8 @@ def _claimer(env: dict[str, str], go: Any, out: Any) -> None:
     done = errors = 0
     try:
         coord = Coordinator(load_settings(overrides=_values(env), env={}).settings)
+        coord.db.ping()
+        ready.put(os.getpid())
         go.wait()
         while True:
             try:
@@ -121,25 +134,30 @@ def _claimer(env: dict[str, str], go: Any, out: Any) -> None:
     except Exception as exc:
         print(f"claimer: {exc}", file=sys.stderr)
         errors += 1
+        ready.put(os.getpid())
     out.put((done, errors))
 
 
-def _processes(target: Any, args_for: list[tuple]) -> tuple[float, list[Any]]:
-    """Start one process per args tuple, release them together; the wall time until all reported, and
-    what each reported."""
+def _processes(target: Any, args_for: list[tuple]) -> tuple[float, float, list[Any]]:
+    """Start one process per args tuple; once every one is ready (imports done, connected), release them
+    together. (the start time, the wall time until all reported, what each reported)."""
     ctx = mp.get_context("spawn")
-    go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, go, out)) for args in args_for]
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, ready, go, out)) for args in args_for]
     for p in procs:
         p.start()
-    time.sleep(0.5)
+    for _ in procs:
+        try:
+            ready.get(timeout=300)
+        except Exception:  # a child that failed before it was ready reports on `out`
+            break
     go.set()
     start = time.perf_counter()
     results = [out.get(timeout=900) for _ in procs]
     elapsed = time.perf_counter() - start
     for p in procs:
         p.join()
-    return elapsed, results
+    return start, elapsed, results
 
 
 # --- one configuration ------------------------------------------------------------------------------------
@@ -189,6 +207,16 @@ def _stop_workers(procs: list[subprocess.Popen]) -> list[tuple[float, float]]:
     return usage
 
 
+def _machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot (Linux /proc/stat), (0, 0) where unavailable."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a running process (Linux /proc), 0 where unavailable."""
     try:
@@ -213,11 +241,47 @@ def _wait_ready(db: Any, procs: list[subprocess.Popen], timeout: float = 60) -> 
     raise SystemExit(f"workers did not start within {timeout}s")
 
 
-def _wait_drained(db: Any, timeout: float = 600) -> dict[str, int]:
+_PENDING = "SELECT count(*) FROM outbox WHERE status = 'pending'"  # an index seek (ix_outbox_due)
+
+
+def _wait_drained(db: Any, timeout: float = 600) -> float:
+    """Wait until no outbox row is pending; the moment it was seen. One cheap query every 10 ms: the
+    watcher shares the workers' cores, so it must not cost what it measures."""
+    from sqlalchemy import text
+
     deadline = time.monotonic() + timeout
-    while (c := _counts(db))["pending"] > 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return c
+    with db.read_engine.connect() as conn:
+        while time.monotonic() < deadline:
+            if not conn.execute(text(_PENDING)).scalar():
+                return time.perf_counter()
+            conn.rollback()
+            time.sleep(0.01)
+    raise SystemExit(f"outbox not drained within {timeout}s")
+
+
+def _ring_all(settings: Any, ids: list[str]) -> None:
+    """Every bell at once, in one queue write: rung one by one (a queue round trip each, from this one
+    process) they took as long as the workers took to run them, and the drain measured the bench."""
+    from worker.app import huey_for
+    from worker.tasks import tasks_for
+
+    huey = huey_for(settings)
+    run_outbox = tasks_for(huey).run_outbox
+    storage = huey.storage
+    if hasattr(storage, "conn") and hasattr(storage.conn, "pipeline"):  # Redis: one pipeline
+        conn = storage.conn
+        storage.conn = pipe = conn.pipeline(transaction=False)
+        try:
+            for outbox_id in ids:
+                huey.enqueue(run_outbox.s(outbox_id))
+        finally:
+            storage.conn = conn
+        pipe.execute()
+    else:  # SQLite: one transaction
+        rows = [(storage.name, storage.to_blob(huey.serialize_task(task)), task.priority or 0)
+                for task in (run_outbox.s(outbox_id) for outbox_id in ids)]
+        with storage.db(commit=True) as cursor:
+            cursor.executemany("insert into task (queue, data, priority) values (?, ?, ?)", rows)
 
 
 def _burst(coord: Any, workers: list[subprocess.Popen], n: int) -> tuple[float, float]:
@@ -228,7 +292,6 @@ def _burst(coord: Any, workers: list[subprocess.Popen], n: int) -> tuple[float, 
     from coord.client import Coordinator
     from coord.db.models import OutboxJob
     from coord.outbox import SilentBell
-    from worker.bell import QueueBell
 
     quiet = Coordinator(coord.settings, db=coord.db, bell=SilentBell())
     for i in range(n):
@@ -237,9 +300,8 @@ def _burst(coord: Any, workers: list[subprocess.Popen], n: int) -> tuple[float, 
         ids = list(s.scalars(select(OutboxJob.id).where(OutboxJob.status == "pending")))
     cpu = sum(_cpu_seconds(p.pid) for p in workers)
     start = time.perf_counter()
-    QueueBell(coord.settings).ring(ids)
-    _wait_drained(coord.db)
-    elapsed = time.perf_counter() - start
+    _ring_all(coord.settings, ids)
+    elapsed = _wait_drained(coord.db) - start
     return len(ids) / elapsed, 1000 * (sum(_cpu_seconds(p.pid) for p in workers) - cpu) / max(len(ids), 1)
 
 
@@ -260,20 +322,25 @@ def run_one(engine: str, n_workers: int, n_delegations: int, env: dict[str, str]
         # 1. agents delegate while the workers dispatch (they share the machine's cores).
         per = n_delegations // n_workers
         run.delegations = per * n_workers
-        start = time.perf_counter()
-        _elapsed, results = _processes(_delegator, [(env, f"a{i}", per) for i in range(n_workers)])
-        run.errors += sum(e for _t, e in results)
-        run.delegate_per_s = run.delegations / max(t for t, _e in results)
-        run.dispatched_per_s = _wait_drained(db)["notified"] / (time.perf_counter() - start)
+        machine, worker_cpu = _machine_cpu(), sum(_cpu_seconds(p.pid) for p in workers)
+        start, _elapsed, results = _processes(_delegator, [(env, f"a{i}", per) for i in range(n_workers)])
+        run.errors += sum(e for _t, e, _c in results)
+        run.delegate_per_s = run.delegations / max(t for t, _e, _c in results)
+        drained = _wait_drained(db)
+        run.dispatched_per_s = _counts(db)["notified"] / (drained - start)
+        busy, total = (b - a for a, b in zip(machine, _machine_cpu(), strict=True))
+        run.busy = busy / total if total else 0.0
+        run.agent_cpu_ms = 1000 * sum(c for _t, _e, c in results) / run.delegations
+        run.worker_cpu_ms = 1000 * (sum(_cpu_seconds(p.pid) for p in workers) - worker_cpu) / run.delegations
         # 2. the workers alone: a burst of bells.
         run.drain_per_s, run.cpu_ms_per_job = _burst(coord, workers, run.delegations)
     finally:
         usage = _stop_workers(workers)
     run.cpu_s = [u[0] for u in usage]
-    run.startup_cpu_s = startup_cpu
+    run.startup_cpu_s = startup_cpu / n_workers
     run.rss_mb = [u[1] for u in usage]
     # 3. agents claim and complete everything, the workers stopped.
-    elapsed, results = _processes(_claimer, [(env,) for _ in range(n_workers)])
+    _start, elapsed, results = _processes(_claimer, [(env,) for _ in range(n_workers)])
     claimed = sum(d for d, _e in results)
     run.errors += sum(e for _d, e in results)
     run.claims_per_s = claimed / elapsed
@@ -363,12 +430,15 @@ def main() -> None:
                         run = _one_config(engine, n, args, Path(tmp))
                     print(f"  {run.engine} x{n}: delegate {run.delegate_per_s:.0f}/s, end to end "
                           f"{run.dispatched_per_s:.0f}/s, drain {run.drain_per_s:.0f}/s, claims "
-                          f"{run.claims_per_s:.0f}/s (load {run.load:.1f})", flush=True)
+                          f"{run.claims_per_s:.0f}/s; CPU ms per delegation: agents {run.agent_cpu_ms:.2f}, "
+                          f"workers {run.worker_cpu_ms:.2f}; machine {100 * run.busy:.0f}% busy "
+                          f"(load {run.load:.1f})", flush=True)
                     runs.setdefault((engine, n), []).append(run)
     print()
     head = (f"{'engine':<18} {'workers':>7} {'delegate()/s':>12} {'end-to-end/s':>12} {'drain/s':>8} "
             f"{'claims/s':>9} {'errors':>6} {'job errors':>10} {'reruns':>6} {'failed':>6} {'deadlocks':>9} "
-            f"{'CPU ms/job':>10} {'RSS MB':>6} {'load':>5}")
+            f"{'agent ms':>8} {'worker ms':>9} {'busy':>5} {'CPU ms/job':>10} {'start CPU s':>11} {'RSS MB':>6} "
+            f"{'load':>5}")
     print(head)
     print("-" * len(head))
     for engine in engines:
@@ -380,16 +450,23 @@ def main() -> None:
                   f"{max(r.claims_per_s for r in rs):>9.0f} {sum(r.errors for r in rs):>6} "
                   f"{sum(r.job_errors for r in rs):>10} {sum(r.job_reruns for r in rs):>6} "
                   f"{sum(r.jobs_failed for r in rs):>6} {sum(deadlocks) if deadlocks else '-':>9} "
-                  f"{min(r.cpu_ms_per_job for r in rs):>10.2f} {max(max(r.rss_mb) for r in rs):>6.0f} "
+                  f"{min(r.agent_cpu_ms for r in rs):>8.2f} {min(r.worker_cpu_ms for r in rs):>9.2f} "
+                  f"{max(r.busy for r in rs):>5.0%} "
+                  f"{min(r.cpu_ms_per_job for r in rs):>10.2f} {min(r.startup_cpu_s for r in rs):>11.2f} "
+                  f"{max(max(r.rss_mb) for r in rs):>6.0f} "
                   f"{max(r.load for r in rs):>5.1f}")
     every = [r for rs in runs.values() for r in rs]
     print(f"""
 delegate()/s: N agent processes calling delegate() while N workers run. end-to-end/s: from the first
-delegate() to the last notification committed. drain/s: the N workers alone on a burst of as many bells.
+delegate() to the last notification committed. drain/s: the N workers alone on a backlog of as many bells.
 claims/s: N agent processes claim + complete, workers stopped. Rates: best of {args.rounds} rounds; errors,
 job errors (any error a job hit: lock timeouts, serialization failures ...), reruns, failed, deadlocks:
-summed over the rounds. CPU ms/job: all workers' CPU per job during the drain. RSS MB: peak per worker.
-Worker start-up: {sum(r.startup_cpu_s / r.workers for r in every) / len(every):.1f} CPU s per daemon.
+summed over the rounds. agent ms, worker ms: CPU per delegation while delegating (the agents' side of
+delegate(), and all workers': bells, batches, idle polls); busy: how much of the machine's CPU anyone
+used meanwhile (100% = every core: rates cannot grow past it). CPU ms/job: all workers' CPU per job
+during the drain. start CPU s: CPU each daemon used until ready (imports, migration check). RSS MB: peak
+per worker.
+Worker start-up: {sum(r.startup_cpu_s for r in every) / len(every):.1f} CPU s per daemon.
 load: the machine's highest 1-minute load average after a run; now {os.getloadavg()[0]:.1f}.""")
 
 

@@ -150,3 +150,14 @@ def child_env(**extra: str) -> dict[str, str]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for reason in sorted(_skip_reasons):
         terminalreporter.write_line(f"SKIPPED engine tests: {reason}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long tests first (marked `slow`, then the end-to-end ones in tests/acceptance): with parallel workers
+    a long test that starts last becomes the suite's tail, while short ones fill the gaps at the end."""
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if "acceptance" in item.nodeid.split("::")[0] else 2
+
+    items.sort(key=rank)

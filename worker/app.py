@@ -61,6 +61,34 @@ class DoorbellSqliteStorage(SqliteStorage):
                     self._conn = None
 
 
+class NoRevocations:
+    """Huey without revocation, which coord never uses (a bell is never revoked: the outbox row decides).
+    Huey checks every message for a revocation flag before running it and deletes the flag after: two
+    queue round trips per bell (two Redis commands; on SQLite a read and a write transaction), more than
+    the dequeue itself. Here both are skipped; `revoke()` is refused rather than silently ignored."""
+
+    def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
+        return False
+
+    def delete(self, key: str) -> Any:
+        if key.startswith("r:"):  # Task.revoke_id: nothing was stored under it
+            return False
+        return super().delete(key)  # type: ignore[misc]
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("coord's queue has no revocation: the outbox row decides what runs")
+
+    revoke_by_id = revoke_all = revoke
+
+
+class DoorbellRedisHuey(NoRevocations, PriorityRedisHuey):
+    pass
+
+
+class DoorbellSqliteHuey(NoRevocations, SqliteHuey):
+    pass
+
+
 def is_redis(location: str) -> bool:
     return location.startswith(("redis://", "rediss://", "unix://"))
 
@@ -74,11 +102,11 @@ def make_huey(settings: Any) -> Any:
         pool = ConnectionPool.from_url(location)
         # The priority variant (a sorted set, Redis >= 5) so that periodic jobs overtake a backlog, as
         # they do on SQLite; plain RedisHuey refuses priorities.
-        return PriorityRedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
+        return DoorbellRedisHuey(QUEUE_NAME, connection_pool=pool, results=False, utc=True)
     path = Path(location.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(QUEUE_NAME, filename=str(path), results=False, utc=True, timeout=30,
-                      storage_class=DoorbellSqliteStorage)
+    return DoorbellSqliteHuey(QUEUE_NAME, filename=str(path), results=False, utc=True, timeout=30,
+                              storage_class=DoorbellSqliteStorage)
 
 
 @lru_cache(maxsize=8)

@@ -6,7 +6,7 @@ that upgrade is exactly what a claim does. pysqlite's own BEGIN is turned off so
 and writers queue on a gate before it (coord/db/gate.py) instead of sleeping in SQLite's busy handler.
 Reads use a second engine with a deferred BEGIN: WAL lets them run beside a writer.
 
-PostgreSQL: a daemon outlives server restarts and network cuts. Pooled connections are pre-pinged on
+PostgreSQL: a daemon outlives server restarts and network cuts. Pooled connections are checked on
 checkout (a dead one is replaced, and the whole pool with it), TCP keepalives notice a vanished server,
 and a transaction is retried once, with a pause, when its connection cannot be had at the start: no
 statement has run, so retrying it cannot do anything twice. A connection lost *inside* a transaction is
@@ -14,20 +14,28 @@ never retried here: the outcome is unknown when the loss hits COMMIT, and not ev
 (a second claim takes a second task; an install step would run twice). It raises `Unavailable` instead;
 calls that carry caller ids (invariant 3) are safe to replay, and the worker's outbox leases re-run
 jobs (invariant 1). docs/scale-out.md has the whole story.
+
+The check on checkout is a `SELECT 1` round trip, except for `autocommit(..., replayable=True)`: there it
+is a zero-timeout poll of the socket (a server that restarted or killed the backend has closed it, so it
+is readable), with the round trip only when the poll finds something. A connection killed a moment
+before the poll can still get through, and its statement then fails; such units are replayable (a
+delegation with its id, a read), so they are run once more on a fresh connection.
 """
 
 from __future__ import annotations
 
 import re
+import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coord.db.backend import Backend, backend_for
@@ -52,6 +60,8 @@ PG_CONNECT_ARGS: dict[str, Any] = {
 # One pause before the single retry of a transaction whose connection could not be had: a PostgreSQL
 # restart refuses connections for about a second.
 RECONNECT_PAUSE_S = 1.0
+# Set around the checkout of a replayable unit: the connection is checked by a poll, not a round trip.
+_POLL_ONLY: ContextVar[bool] = ContextVar("coord_poll_only", default=False)
 
 
 def hide_password(url: str) -> str:
@@ -91,6 +101,36 @@ def _sqlite_engine(url: str, synchronous: str, begin: str | None) -> Engine:
     return engine
 
 
+def _quiet(dbapi_conn: Any) -> bool:
+    """psycopg connection idle in the pool and the server has sent nothing: not closed by the server."""
+    if dbapi_conn.closed or dbapi_conn.broken:
+        return False
+    poll = select.poll()
+    poll.register(dbapi_conn.fileno(), select.POLLIN | select.POLLPRI)
+    return not poll.poll(0)
+
+
+def _check_on_checkout(engine: Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, with the poll of `_quiet` in place of the round trip where the caller
+    can replay (module doc). A failed ping invalidates the whole pool, as pre-ping does."""
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:
+        record.info["coord_fresh"] = True
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if record.info.pop("coord_fresh", False) or (_POLL_ONLY.get() and _quiet(dbapi_conn)):
+            return
+        dialect = engine.dialect
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as exc:
+            if dbapi_conn.closed or dbapi_conn.broken or dialect.is_disconnect(exc, dbapi_conn, None):
+                raise InvalidatePoolError() from exc
+            raise
+
+
 class Database:
     """One coordination database: engines, session factories and the engine-specific backend."""
 
@@ -107,13 +147,14 @@ class Database:
                 self.engine = _sqlite_engine(url, sqlite_synchronous, "BEGIN IMMEDIATE")
                 self.read_engine = _sqlite_engine(url, sqlite_synchronous, None)
             else:
-                # pre_ping: a dead pooled connection (server restarted) is replaced, not handed out.
+                # A dead pooled connection (server restarted) is replaced, not handed out (_check_on_checkout).
                 connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
                 self.engine = create_engine(
-                    url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800,
+                    url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800,
                     connect_args=connect_args,
                 )
                 self.read_engine = self.engine
+                _check_on_checkout(self.engine)
                 event.listen(self.engine, "handle_error", self._on_error)
         except (ArgumentError, ValueError, ImportError) as exc:
             raise SettingsError(f"database_url {hide_password(url)} cannot be used: {_one_line(exc)}") from None
@@ -132,6 +173,40 @@ class Database:
         conn = self._started(self.engine.connect)
         with self._connection_kept(), conn, conn.begin():
             yield conn
+
+    def autocommit(self, unit: Callable[[Any], T], *, replayable: bool = False) -> T:
+        """PostgreSQL only: `unit(psycopg connection)` in autocommit mode, each statement its own transaction
+        (no BEGIN or COMMIT round trips). For the one-statement hot paths (coord/db/pg_queue.py).
+
+        A lost connection raises `Unavailable`, as in a transaction; a `replayable` unit (running it twice
+        has the effect of running it once) is run once more on a fresh connection first, and its connection
+        is checked by a poll instead of a round trip (module doc)."""
+        for attempt in (1, 2):
+            token = _POLL_ONLY.set(replayable)
+            try:
+                conn = self._started(self.engine.connect)
+            finally:
+                _POLL_ONLY.reset(token)
+            with conn:
+                driver = conn.connection.driver_connection
+                try:
+                    driver.autocommit = True
+                    try:
+                        return unit(driver)
+                    finally:
+                        if not (driver.closed or driver.broken):
+                            driver.autocommit = False
+                except self.engine.dialect.loaded_dbapi.Error as exc:
+                    if not (driver.closed or driver.broken):
+                        raise
+                    conn.invalidate(exc)
+                    if not replayable or attempt == 2:
+                        raise Unavailable(
+                            f"lost the connection to database {self.safe_url} in a statement ({_one_line(exc)}); "
+                            "replaying a call with the same id is safe"
+                        ) from exc
+                    log.info("db.replaying", url=self.safe_url, error=_one_line(exc))
+        raise AssertionError("unreachable")
 
     @contextmanager
     def raw_connection(self) -> Iterator[Any]:
@@ -160,7 +235,7 @@ class Database:
             s.commit()
 
     def _checked_out(self, s: Session) -> Session:
-        """PostgreSQL: take the connection (pre-pinged) before the unit runs, so a failure to get one
+        """PostgreSQL: take the connection (checked on checkout) before the unit runs, so a failure to get one
         happens while retrying is still safe. SQLite stays lazy: BEGIN IMMEDIATE would take the write lock
         early, and a file has no server to lose."""
         if self.dialect != "sqlite":
@@ -174,7 +249,7 @@ class Database:
     def _on_error(self, ctx: Any) -> Unavailable | None:
         """A connection that cannot be opened (server down or restarting, refused, unknown host, bad password)
         becomes one typed error naming the URL, whichever code opened it: a migration at start, the worker,
-        `coord status`. A failed pre-ping stays with the pool, which replaces the dead connection; errors on
+        `coord status`. A failed check on checkout stays with the pool, which replaces the dead connection; errors on
         an open connection stay with the caller (`_connection_kept`)."""
         if ctx.connection is None and not ctx.is_pre_ping and isinstance(ctx.sqlalchemy_exception, OperationalError):
             return self.unreachable(ctx.original_exception)
