@@ -74,12 +74,15 @@ def open_worker_database(settings: Any, *, migrate: bool = True) -> Any:
     from durable outbox rows and idempotent, so a power cut that undoes its last commits only makes the
     reconciler run those jobs again; and the WAL is one file, so the next flushed commit by anyone
     (every client write) makes all earlier worker commits durable too. It saves an fsync per job.
+    PostgreSQL: the same with `synchronous_commit=off` for the worker's sessions (a server crash can undo
+    its last commits, never corrupt them; WAL is flushed in order, so a client's commit flushes them too).
+    A URL that sets `options` itself keeps them.
     """
     from coord.db import Database
     from coord.db.migrate import upgrade
 
-    db = Database(settings.db_url, sqlite_synchronous="NORMAL", pool_size=settings.db_pool_size,
-                  max_overflow=settings.db_max_overflow)
+    db = Database(settings.db_url, sqlite_synchronous="NORMAL", pg_synchronous_commit="off",
+                  pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
     if migrate:
         upgrade(db)
     return db

@@ -134,7 +134,8 @@ def _check_on_checkout(engine: Engine) -> None:
 class Database:
     """One coordination database: engines, session factories and the engine-specific backend."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 5, max_overflow: int = 10):
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pg_synchronous_commit: str = "on",
+                 pool_size: int = 5, max_overflow: int = 10):
         self.url = url
         self.pool_size, self.max_overflow = pool_size, max_overflow
         try:
@@ -149,6 +150,8 @@ class Database:
             else:
                 # A dead pooled connection (server restarted) is replaced, not handed out (_check_on_checkout).
                 connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
+                if pg_synchronous_commit != "on" and "options" not in parsed.query:
+                    connect_args["options"] = f"-c synchronous_commit={pg_synchronous_commit}"
                 self.engine = create_engine(
                     url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800,
                     connect_args=connect_args,
