@@ -96,6 +96,10 @@ class Backend:
         """(agent_id, score) best first; score > 0 and larger is better (same contract on both engines)."""
         raise NotImplementedError
 
+    def document_counts(self, session: Session, words: list[str]) -> dict[str, int]:
+        """How many indexed agents each word matches (as `search` matches it), in one statement."""
+        raise NotImplementedError
+
     # --- the engine itself: `coord status` and bulk copies (`coord migrate-data`) ---------------------------
     def server_info(self, session: Session) -> dict[str, Any]:
         """Version and the capacity figures of the engine that matter when it is shared by many processes."""
@@ -170,6 +174,15 @@ class SqliteBackend(Backend):
             {"m": match, "lim": limit},
         ).all()
         return [(r[0], float(r[1])) for r in rows if r[1] > 0]
+
+    def document_counts(self, session: Session, words: list[str]) -> dict[str, int]:
+        words = list(dict.fromkeys(words))
+        if not words:
+            return {}
+        counts = ", ".join(f"(SELECT count(*) FROM agents_fts WHERE agents_fts MATCH :w{i})" for i in range(len(words)))
+        row = session.execute(text(f"SELECT {counts}"),
+                              {f"w{i}": '"' + w.replace('"', '""') + '"' for i, w in enumerate(words)}).one()
+        return {w: int(n) for w, n in zip(words, row, strict=True)}
 
 
 class PostgresBackend(Backend):
@@ -266,6 +279,15 @@ class PostgresBackend(Backend):
             {"q": query, "lim": limit},
         ).all()
         return [(r[0], float(r[1])) for r in rows if r[1] > 0]
+
+    def document_counts(self, session: Session, words: list[str]) -> dict[str, int]:
+        words = list(dict.fromkeys(words))
+        if not words:
+            return {}
+        counts = ", ".join(f"(SELECT count(*) FROM agent_search WHERE doc @@ to_tsquery('english', :w{i}))"
+                           for i in range(len(words)))
+        row = session.execute(text(f"SELECT {counts}"), {f"w{i}": w for i, w in enumerate(words)}).one()
+        return {w: int(n) for w, n in zip(words, row, strict=True)}
 
 
 def backend_for(dialect: str) -> Backend:

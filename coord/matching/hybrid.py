@@ -7,10 +7,12 @@ Which mode runs (`settings.matching`):
   if the model fails to load later), never a silent fall back.
 
 One request in hybrid mode (`rank_agents`):
-1. lexical evidence for the need (coord.matching.lexical: full text without stopwords, and the exact
-   tags of the agents found; for a keyword need, also agents found by their tags alone. A sentence's
-   common words ("code", "team") match thousands of tags at 10,000 agents: that lookup was the
-   slowest step, and dropping it changed no figure on the evaluation set beyond one need);
+1. lexical evidence for the need (coord.matching.lexical): the full-text search (stopwords dropped, and
+   for a sentence also the words more than a tenth of the agents hold: `informative_words`), plus the
+   exact tags of the agents it found. Agents found by their tags alone (lexical ranking's tag lookup) are
+   not looked for: at 10,000 agents a common tag ("design", "api") is held by thousands, and that lookup
+   was the slowest step (11 ms of CPU for "GraphQL schema design"); tags are in the full-text index
+   anyway, and dropping the lookup changed no figure on either evaluation set (for keyword needs too);
 2. the need embedded (~6 ms on one core) and scored against the cached matrix of agent vectors
    (coord.matching.index.VECTORS; one index-only query checks it is current);
 3. the best POOL agents by cosine plus the cosine of every lexical candidate, fused (coord.matching.fusion,
@@ -34,7 +36,7 @@ from coord.errors import SettingsError
 from coord.matching import embedder as emb
 from coord.matching.fusion import content_terms, fuse, is_keyword_need, weights_for_query
 from coord.matching.index import VECTORS, coverage
-from coord.matching.lexical import finish, lexical_scores, rank_lexical
+from coord.matching.lexical import finish, informative_words, lexical_scores, lexical_words, rank_lexical
 from coord.results import Candidate
 
 POOL = 50  # semantic candidates taken before fusion (the lexical side brings up to FTS_POOL of its own)
@@ -109,7 +111,10 @@ def rank_agents(
     vectors = VECTORS.get(session, embedder.model_id, embedder.dim)
     if not vectors.ids:  # nothing embedded yet (a fresh registry, the first embed job still running)
         return rank_lexical(session, backend, need, limit=limit, exclude=exclude)
-    scores, why = lexical_scores(session, backend, need, exclude=exclude, tags=is_keyword_need(need))
+    words = lexical_words(need)
+    if not is_keyword_need(need):  # a keyword need's every word is deliberate: all are searched
+        words = informative_words(session, backend, words, len(vectors.ids))
+    scores, why = lexical_scores(session, backend, need, exclude=exclude, tags=False, words=words)
     cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
     floor = SHORT_NEED_MIN_COSINE.get(len(content_terms(need)), MIN_COSINE)
     semantic = _semantic_pool(vectors, cosines, exclude, floor)

@@ -305,3 +305,34 @@ def test_a_long_embed_job_hands_the_rest_to_a_successor(c: Coordinator, fake: Fa
         ran.append(outcome.outbox_id)
         queue += follow_ups
     assert len(ran) == 3 and all(f"bulk-{i}" in vectors(c) for i in range(5))  # 2 + 2 + 1 agents
+
+
+def test_a_sentences_common_words_are_not_searched(coordinator: Coordinator, fake: FakeEmbedder, monkeypatch):
+    """Words most agents hold cost the full-text search the most and tell nothing apart
+    (lexical.informative_words): a sentence is searched by its rarer words, a keyword need by all of them."""
+    from coord.matching import lexical
+
+    monkeypatch.setattr(lexical, "_counts", {})
+    helpers = lexical.COMMON_MIN_AGENTS + 10
+    for i in range(helpers):
+        coordinator.register_agent(f"helper-{i}", f"Handles chores for project {i}.")
+    coordinator.register_agent("board-maker", "Writes firmware for sensor boards.")
+    total = helpers + 1
+    backend = coordinator.db.backend
+    with coordinator.db.reader() as s:
+        assert backend.document_counts(s, ["chores", "firmware", "zebra", "chores"]) == {
+            "chores": helpers, "firmware": 1, "zebra": 0}
+        assert lexical.informative_words(s, backend, ["chores", "firmware", "sensor"], total) == ["firmware", "sensor"]
+        # only common words: all are kept (a need is never emptied); a small registry: nothing is dropped
+        assert lexical.informative_words(s, backend, ["chores", "project"], total) == ["chores", "project"]
+        small = lexical.COMMON_MIN_AGENTS - 1
+        assert lexical.informative_words(s, backend, ["chores", "firmware"], small) == ["chores", "firmware"]
+
+    searched: list[list[str]] = []
+    search = type(backend).search
+    monkeypatch.setattr(type(backend), "search", lambda self, s, words, limit: searched.append(words) or search(
+        self, s, words, limit))
+    assert "board-maker" in ids(coordinator.find_experts("our project chores need firmware for the sensor boards"))
+    assert searched[-1] == ["firmware", "sensor", "boards"]
+    coordinator.find_experts("project chores")  # a keyword need: every word is searched
+    assert searched[-1] == ["project", "chores"]
