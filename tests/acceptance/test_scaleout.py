@@ -381,9 +381,20 @@ def test_postgres_restart_mid_run_daemon_recovers(tmp_path: Path, restart_databa
         restart_s = time.time() - restart_at
         final = _replay(_wait_settled, coord, n_delegations, timeout=120)
         results = agents.collect()
-        with coord.db.reader() as s:
-            beats = {pid: seen for pid, seen in s.execute(
-                select(WorkerHeartbeat.pid, WorkerHeartbeat.seen_at).where(WorkerHeartbeat.pid.in_(pids.values())))}
+
+        def beats() -> dict[int, Any]:
+            with coord.db.reader() as s:
+                return dict(s.execute(select(WorkerHeartbeat.pid, WorkerHeartbeat.seen_at)
+                                      .where(WorkerHeartbeat.pid.in_(pids.values()))).all())
+
+        # Each daemon beats again after the restart (every second; the first try may meet the server still
+        # starting and wait its reconnect pause): the work can settle before that.
+        deadline = time.monotonic() + 30
+        while not all(seen.timestamp() > restart_at + restart_s for seen in _replay(beats).values()):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        last_beats = _replay(beats)
         alive = cluster.alive()
     finally:
         if agents is not None:
@@ -401,6 +412,7 @@ def test_postgres_restart_mid_run_daemon_recovers(tmp_path: Path, restart_databa
           f"outbox jobs run again {final['job_reruns']}; state {final}")
     assert not [e for r in results for e in r["errors"]], [r["errors"] for r in results]
     assert sorted(alive) == ["host0", "host1"], f"a daemon died in the restart\n{cluster.logs_tail()}"
-    assert all(seen.timestamp() > restart_at + restart_s for seen in beats.values()), (beats, cluster.logs_tail())
+    assert len(last_beats) == 2 and all(seen.timestamp() > restart_at + restart_s for seen in last_beats.values()), (
+        last_beats, cluster.logs_tail())
     assert lost == 0 and final["outbox_failed"] == 0, f"{final}\n{cluster.logs_tail()}"
     assert dupes == 0
