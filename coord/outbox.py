@@ -338,9 +338,17 @@ def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime,
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    if s.get_bind().dialect.name == "postgresql":
+        # Picked once: PostgreSQL may run an `IN (subquery)` again for each row it scans, and each run
+        # skips the rows the runs before it locked, so the LIMIT bounded nothing (one bell took 890 rows of
+        # a 2,000-row backlog, in seconds). A MATERIALIZED CTE is evaluated once per statement.
+        picked = pick.cte("picked").prefix_with("MATERIALIZED")
+        chosen = OutboxJob.id.in_(select(picked.c.id))
+    else:  # SQLite evaluates an IN subquery once, into a temporary index
+        chosen = OutboxJob.id.in_(pick.scalar_subquery())
     take = (
         update(OutboxJob)
-        .where(OutboxJob.id.in_(pick.scalar_subquery()), *fresh)
+        .where(chosen, *fresh)
         .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
         .execution_options(synchronize_session=False)
     )

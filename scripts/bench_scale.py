@@ -191,8 +191,17 @@ def _start_workers(env: dict[str, str], n: int, logs: Path) -> list[subprocess.P
     for i in range(n):
         log = open(logs / f"worker{i}.log", "ab")  # noqa: SIM115 -- the child writes it
         procs.append(subprocess.Popen([sys.executable, "-m", "coord.cli", "worker"], env=child, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+                                      stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent))
     return procs
+
+
+def _die_with_parent() -> None:
+    """A bench killed half-way must not leave its workers behind: they would go on taking the next run's
+    bells from the same Redis queue (and find no such job in their own database)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop_workers(procs: list[subprocess.Popen]) -> list[tuple[float, float]]:

@@ -120,20 +120,7 @@ def test_overlapping_batches_of_concurrent_workers_split_the_rows(coord: Coordin
     from coord.jobs import HANDLERS, JobContext
 
     n = 600
-    now = utcnow()
-    with coord.db.session() as s:  # the backlog in two statements: delegate() itself is tested elsewhere
-        s.execute(insert(Task), [
-            dict(id=f"t{i}", from_agent="sender", to_agent="receiver", task_type="delegation", payload={"n": i},
-                 payload_hash=f"{i:064x}", priority=1, status="pending", created_at=now + timedelta(microseconds=i),
-                 updated_at=now, lease_token=0, attempts=0, max_attempts=3)
-            for i in range(n)
-        ])
-        s.execute(insert(OutboxJob), [
-            dict(id=f"o{i:04d}", job=JOB_DISPATCH, ref_id=f"t{i}", payload={}, status="pending", attempts=0,
-                 max_attempts=5, created_at=now + timedelta(microseconds=i), next_attempt_at=now)
-            for i in range(n)
-        ])
-    bells = [f"o{i:04d}" for i in range(n)]
+    bells = _backlog(coord, n)
     ctx = JobContext(coord.settings, coord.db)
 
     queue = iter(bells)  # next() on one iterator from four threads: each bell is taken by one worker
@@ -151,6 +138,39 @@ def test_overlapping_batches_of_concurrent_workers_split_the_rows(coord: Coordin
     assert sorted(ran) == sorted(bells), "a row ran twice or never"
     assert {o.status for o in outcomes} <= {"done", "skipped"}
     assert len(coord.inbox("receiver", limit=10 * n)) == n
+
+
+def _backlog(c: Coordinator, n: int) -> list[str]:
+    """`n` delegations with their fresh dispatch rows, in two statements (delegate() is tested elsewhere)."""
+    now = utcnow()
+    with c.db.session() as s:
+        s.execute(insert(Task), [
+            dict(id=f"t{i}", from_agent="sender", to_agent="receiver", task_type="delegation", payload={"n": i},
+                 payload_hash=f"{i:064x}", priority=1, status="pending", created_at=now + timedelta(microseconds=i),
+                 updated_at=now, lease_token=0, attempts=0, max_attempts=3)
+            for i in range(n)
+        ])
+        s.execute(insert(OutboxJob), [
+            dict(id=f"o{i:04d}", job=JOB_DISPATCH, ref_id=f"t{i}", payload={}, status="pending", attempts=0,
+                 max_attempts=5, created_at=now + timedelta(microseconds=i), next_attempt_at=now)
+            for i in range(n)
+        ])
+    return [f"o{i:04d}" for i in range(n)]
+
+
+def test_a_batch_takes_at_most_its_limit_from_a_long_backlog(coord: Coordinator) -> None:
+    """Seen on PostgreSQL: `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` may run its
+    subquery again for each row it scans, and each run skips the rows the earlier ones locked: one bell took
+    890 rows of a 2,000-row backlog in a single statement that ran for seconds, while the other workers idled."""
+    from coord.jobs import HANDLERS, JobContext
+
+    bells = _backlog(coord, 1500)
+    done, _ = run_batch(coord.db, bells[700], HANDLERS, JobContext(coord.settings, coord.db),
+                        batchable=frozenset({JOB_DISPATCH}), limit=50)
+    ran = [o.outbox_id for o in done if o.status == "done"]
+    assert len(ran) == 50 and bells[700] in ran
+    assert sorted(set(ran) - {bells[700]}) == bells[:49], "the bell's own row, then the oldest"
+    assert sum(r.status == "done" for r in _rows(coord).values() if r.job == JOB_DISPATCH) == 50
 
 
 def test_a_delegation_behind_an_untaken_one_shares_its_bell_and_full_batches_ring_on(tmp_path: Path) -> None:
