@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import bindparam, func, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
@@ -325,35 +325,41 @@ def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime,
     their ids. With `done`, for a handler that runs in the same transaction: the rows are marked done by
     the same statement, which returns them (OutboxJob, oldest first).
 
-    PostgreSQL: the rows are picked, the bell's own first, by one `FOR UPDATE SKIP LOCKED` subquery, so
+    PostgreSQL: the rows are picked, the bell's own and the oldest others, with `FOR UPDATE SKIP LOCKED`, so
     a take never waits for a row: two workers whose batches overlap split the rows instead of each
     waiting for the other's (a deadlock when each held a row the other's UPDATE wanted). SQLite ignores
     the lock clause; its writers are serialised anyway.
     """
     fresh = (OutboxJob.status == "pending", OutboxJob.job == job, OutboxJob.attempts == 0)  # due (see _due)
-    pick = (
+    # The bell's own row, then the oldest others: two picks, so that the second reads ix_outbox_fresh in
+    # its order and stops after `limit - 1` rows (one pick ordered by "own row first" sorted the backlog).
+    own = select(OutboxJob.id).where(OutboxJob.id == outbox_id, *fresh).with_for_update(skip_locked=True)
+    oldest = (
         select(OutboxJob.id)
-        .where(*fresh)
-        .order_by(case((OutboxJob.id == outbox_id, 0), else_=1), OutboxJob.created_at)
-        .limit(limit)
+        .where(*fresh, OutboxJob.id != outbox_id)
+        .order_by(OutboxJob.created_at)
+        .limit(max(limit - 1, 0))
         .with_for_update(skip_locked=True)
     )
     if s.get_bind().dialect.name == "postgresql":
         # Picked once: PostgreSQL may run an `IN (subquery)` again for each row it scans, and each run
         # skips the rows the runs before it locked, so the LIMIT bounded nothing (one bell took 890 rows of
         # a 2,000-row backlog, in seconds). A MATERIALIZED CTE is evaluated once per statement.
-        picked = pick.cte("picked").prefix_with("MATERIALIZED")
-        chosen = OutboxJob.id.in_(select(picked.c.id))
+        # Two CTEs: PostgreSQL refuses FOR UPDATE in the branches of a UNION.
+        mine = own.cte("own").prefix_with("MATERIALIZED")
+        others = oldest.cte("oldest").prefix_with("MATERIALIZED")
+        chosen = OutboxJob.id.in_(union_all(select(mine.c.id), select(others.c.id)))
     else:  # SQLite evaluates an IN subquery once, into a temporary index
-        chosen = OutboxJob.id.in_(pick.scalar_subquery())
+        chosen = or_(OutboxJob.id == outbox_id, OutboxJob.id.in_(oldest.scalar_subquery()))
+    # A Core UPDATE of the table: the ORM's bulk-update machinery cost more than the statement itself.
+    outbox = OutboxJob.__table__
     take = (
-        update(OutboxJob)
+        update(outbox)
         .where(chosen, *fresh)
-        .values(attempts=OutboxJob.attempts + 1, next_attempt_at=now + lease, started_at=now)
-        .execution_options(synchronize_session=False)
+        .values(attempts=outbox.c.attempts + 1, next_attempt_at=now + lease, started_at=now)
     )
-    if done:
-        taken = s.scalars(take.values(status="done", finished_at=now, last_error=None).returning(OutboxJob)).all()
+    if done:  # the rows as Core rows: the same attributes as OutboxJob, read-only
+        taken = s.execute(take.values(status="done", finished_at=now, last_error=None).returning(*outbox.c)).all()
         return sorted(taken, key=lambda r: (r.created_at, r.id))
     rows = s.execute(take.returning(OutboxJob.id, OutboxJob.created_at)).all()
     # If the bell's own row was taken meanwhile, the others are still ours and run now (their lease runs).

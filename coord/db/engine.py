@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import select
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,6 +77,22 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
+def _use_wal(cur: Any) -> None:
+    """Switch the file to WAL (it stays so: later connections only read the mode). The switch needs the
+    file to itself and SQLite answers "database is locked" at once, without its busy handler, while
+    another process holds any lock: seen when several processes start together on a new database."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_engine(url: str, synchronous: str, begin: str | None) -> Engine:
     """`begin`: the write transactions' BEGIN, run through the database's writer gate (coord/db/gate.py);
     None for the read engine, whose deferred BEGIN waits for nobody (WAL)."""
@@ -85,7 +102,7 @@ def _sqlite_engine(url: str, synchronous: str, begin: str | None) -> Engine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")

@@ -351,6 +351,12 @@ class OutboxJob(Base):
     __table_args__ = (
         UniqueConstraint("job", "ref_id", name="uq_outbox_job_ref"),
         Index("ix_outbox_due", "status", "next_attempt_at"),
+        # The rows no worker has taken, in the order a batch takes them (migration 0003).
+        Index(
+            "ix_outbox_fresh", "job", "created_at",
+            sqlite_where=text("status = 'pending' AND attempts = 0"),
+            postgresql_where=text("status = 'pending' AND attempts = 0"),
+        ),
     )
 
 
