@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from coord.db.sqlite_queue import ClaimedRow, TaskState  # the same answers on both engines
 from coord.ids import new_id
 from coord.states import PRIORITY_NAMES
 
@@ -109,22 +110,6 @@ SELECT (SELECT count(DISTINCT id) FROM found), (SELECT count(*) FROM told)
 """
 _EXISTING = "SELECT id FROM tasks WHERE id = ANY(%s::text[])"
 _PEEK = "SELECT status, next_attempt_at, attempts, job FROM outbox WHERE id = %s"
-
-
-class ClaimedRow(NamedTuple):
-    id: str
-    lease_token: int
-    from_agent: str
-    task_type: str
-    priority: int
-    payload: dict[str, Any]
-    attempts: int
-
-
-class TaskState(NamedTuple):
-    status: str
-    lease_token: int
-    lease_expires_at: datetime | None
 
 
 class Peek(NamedTuple):
