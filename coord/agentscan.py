@@ -104,6 +104,8 @@ def _spec(agent: AgentFile) -> dict[str, Any]:
         # YAML may hold dates and the like; the registry stores JSON.
         "collaboration": json.loads(json.dumps(collaboration, default=str)) if isinstance(collaboration, dict)
         else {},
+        # Read, but with a warning (e.g. frontmatter that is not valid YAML): `coord agents errors` lists them.
+        "warnings": [[reason, message.removeprefix(f"{agent.path}: ")] for reason, message in agent.warnings],
     }
 
 

@@ -275,13 +275,23 @@ class SyncErrorInfo:
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.__dict__.items()}
 
 
-def list_errors(db: Any, limit: int | None = None) -> list[SyncErrorInfo]:
+def list_errors(db: Any, limit: int | None = None, *, warnings: bool = False) -> list[SyncErrorInfo]:
+    """Files that could not be synced; with `warnings`, also files synced with a warning (their last good
+    read carried one, e.g. frontmatter read leniently), reason prefixed `warning:`."""
     with db.reader() as s:
         stmt = select(SyncError).order_by(SyncError.folder, SyncError.path)
         if limit:
             stmt = stmt.limit(limit)
-        return [SyncErrorInfo(e.path, e.folder, e.reason, e.message, e.first_seen, e.last_seen)
+        rows = [SyncErrorInfo(e.path, e.folder, e.reason, e.message, e.first_seen, e.last_seen)
                 for e in s.scalars(stmt)]
+        if warnings:
+            failing = {r.path for r in rows}
+            files = s.execute(select(AgentFileState.path, AgentFileState.folder, AgentFileState.spec,
+                                     AgentFileState.synced_at).order_by(AgentFileState.folder, AgentFileState.path))
+            rows += [SyncErrorInfo(path, folder, f"warning: {reason}", message, synced, synced)
+                     for path, folder, spec, synced in files if path not in failing
+                     for reason, message in (spec or {}).get("warnings", [])]
+    return rows[:limit] if limit else rows
 
 
 _reconcile_lock = threading.Lock()  # one full reconcile at a time per process (watcher + periodic rescan)

@@ -118,10 +118,11 @@ def agents_sync(ctx: click.Context, state: CliState, workers: int | None) -> Non
 @pass_state
 @click.pass_context
 def agents_errors(ctx: click.Context, state: CliState) -> None:
-    """Agent files that could not be synced, and why (cleared when a file is fixed or removed)."""
+    """Agent files that could not be synced, and why (cleared when a file is fixed or removed); then the
+    files that were synced with a warning (e.g. frontmatter that is not valid YAML, read leniently)."""
     from coord import sync
 
-    rows = sync.list_errors(state.coordinator.db)
+    rows = sync.list_errors(state.coordinator.db, warnings=True)
 
     def human() -> None:
         if not rows:

@@ -416,6 +416,29 @@ def test_cli_sync_errors_and_status(tmp_path, db_url, dirs):
     assert empty.exit_code == 78 and "no agent folders configured" in empty.output
 
 
+def test_cli_errors_lists_files_synced_with_a_warning(tmp_path, dirs):
+    import json
+
+    from click.testing import CliRunner
+
+    from coord.cli.main import cli
+
+    project, _user = dirs
+    # Not valid YAML (a colon inside a plain value), read leniently as Claude Code does: registered, warned.
+    (project / "loose.md").write_text("---\nname: loose-agent\ndescription: Triggers on: deploys\n---\nBody\n")
+    env = {"COORD_STATE_DIR": str(tmp_path / "cli"), "COORD_AGENT_DIRS": str(project)}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["agents", "sync"], env=env).exit_code == 0
+    assert runner.invoke(cli, ["agents", "show", "loose-agent"], env=env).exit_code == 0
+    listed = json.loads(runner.invoke(cli, ["--json", "agents", "errors"], env=env).output)
+    [row] = listed
+    assert row["reason"] == "warning: lenient_frontmatter" and row["path"].endswith("loose.md")
+    assert "not valid YAML" in row["message"] and not row["message"].startswith(str(project))
+    (project / "loose.md").write_text(agent_md("loose-agent", "Triggers on deploys"))
+    assert runner.invoke(cli, ["agents", "sync"], env=env).exit_code == 0
+    assert "no problems" in runner.invoke(cli, ["agents", "errors"], env=env).output
+
+
 def test_sync_parse_matches_the_round_trip_parse_and_cannot_be_written_back(tmp_path):
     from coord.agentfiles import parse_agent_text, render_agent
     from coord.errors import InvalidInput
