@@ -104,14 +104,13 @@ def _immediate(con: GatedConnection) -> Iterator[None]:
 
 class Delegated(NamedTuple):
     """What `delegate` found: `outbox_id` is set when the task was written (`ring`: whether it needs a
-    bell of its own); else `from_status` or `existing` (from_agent, to_agent, payload_hash) say why not,
-    or `target_missing` is True."""
+    bell of its own); else `from_status` or `existing` (from_agent, to_agent, payload_hash) say why not.
+    Neither: the target is not an active agent (the caller's ORM path records the gap)."""
 
     outbox_id: str | None = None
     ring: bool = True
     from_status: str | None = "active"
     existing: tuple[str, str, str] | None = None
-    target_missing: bool = False
 
 
 def delegate(db: Any, task: dict[str, Any], job: str, max_job_attempts: int, *, coalesce: bool) -> Delegated:
@@ -132,7 +131,7 @@ def delegate(db: Any, task: dict[str, Any], job: str, max_job_attempts: int, *, 
         if existing is not None:
             return Delegated(existing=tuple(existing))
         if to_status != "active":
-            return Delegated(target_missing=True)
+            return Delegated()
         con.execute(_NEW_TASK, (
             task["id"], task["from_agent"], task["to_agent"], task["task_type"], json.dumps(task["payload"]),
             task["payload_hash"], task["priority"], at, at, task["max_attempts"],
