@@ -323,7 +323,8 @@ def _take_fresh(s: Session, outbox_id: str, job: str, limit: int, now: datetime,
                 done: bool = False) -> Any:
     """Take `outbox_id` and up to `limit - 1` other fresh rows of `job`, oldest first, in one statement;
     their ids. With `done`, for a handler that runs in the same transaction: the rows are marked done by
-    the same statement, which returns them (OutboxJob, oldest first).
+    the same statement, which returns them, oldest first, as read-only rows with OutboxJob's columns (what
+    a ManyAtOnce handler reads of them).
 
     PostgreSQL: the rows are picked, the bell's own and the oldest others, with `FOR UPDATE SKIP LOCKED`, so
     a take never waits for a row: two workers whose batches overlap split the rows instead of each
