@@ -96,6 +96,7 @@ def _spec(agent: AgentFile) -> dict[str, Any]:
     collaboration = agent.extra.get("collaboration")
     return {
         "description": agent.description,
+        "instructions": agent.body,
         "expertise": list(agent.expertise) if agent.expertise_declared else [],
         "tags": list(agent.expertise),
         "tools": agent.tools,

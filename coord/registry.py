@@ -32,6 +32,7 @@ class AgentSpec:
     mcp_servers: list[str] = field(default_factory=list)
     model: str | None = None
     collaboration: dict[str, Any] = field(default_factory=dict)
+    instructions: str = ""  # the body of the agent's file: hybrid ranking reads its words
 
     def validated(self) -> AgentSpec:
         validate_agent_name(self.name)
@@ -120,6 +121,7 @@ def upsert_agents(session: Session, backend: Backend, items: list[Upsert], *, no
             event = "restored" if agent.status == "removed" else None
         spec = item.spec
         agent.description = spec.description
+        agent.instructions = spec.instructions or ""
         agent.tools = spec.tools
         agent.mcp_servers = list(spec.mcp_servers)
         agent.model = spec.model
@@ -153,7 +155,8 @@ def upsert_agents(session: Session, backend: Backend, items: list[Upsert], *, no
     backend.index_agents(session, docs, replace=[n for n in changed if n in existing])
     # The one place every registration passes (API, folder sync, agent creation): a changed text loses
     # its vector and gets an `embed` job in this transaction; the model never runs here.
-    embeddings.on_agents_changed(session, backend, docs, now=now)
+    embeddings.on_agents_changed(session, backend, docs, now=now,
+                                 instructions={n: by_name[n][0].spec.instructions for n in changed})
     return events
 
 

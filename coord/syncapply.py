@@ -31,7 +31,8 @@ ERROR_REASON_MAX = 32
 
 
 def _agent_spec(name: str, spec: dict[str, Any]) -> registry.AgentSpec:
-    return registry.AgentSpec(name=name, description=spec["description"], expertise=list(spec["expertise"]),
+    return registry.AgentSpec(name=name, description=spec["description"], instructions=spec.get("instructions") or "",
+                              expertise=list(spec["expertise"]),
                               tools=spec["tools"], mcp_servers=list(spec["mcp_servers"]), model=spec["model"],
                               collaboration=dict(spec.get("collaboration") or {}))
 

@@ -114,7 +114,8 @@ def bench_embed(state: Path, templates: list[str], n: int) -> tuple[dict, object
 
 # --- 2. latency -------------------------------------------------------------------------------------------
 def build_registry(state: Path, base, n: int):
-    """A registry of n agents whose vectors are copied from the embedded `base` registry."""
+    """A registry of n agents whose instructions, vectors and word bags are copied from the embedded `base`
+    registry."""
     import numpy as np
     from sqlalchemy import select
 
@@ -126,28 +127,30 @@ def build_registry(state: Path, base, n: int):
     from coord.registry import AgentSpec, Upsert, upsert_agents
 
     with base.db.reader() as s:
-        agents = s.execute(select(Agent.id, Agent.description).where(Agent.status == "active")
+        agents = s.execute(select(Agent.id, Agent.description, Agent.instructions).where(Agent.status == "active")
                            .order_by(Agent.id)).all()
-        vecs = dict(s.execute(select(AgentEmbedding.agent_id, AgentEmbedding.vector)).all())
+        vecs = {r[0]: (r[1], r[2]) for r in s.execute(
+            select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms))}
         model_id = s.scalar(select(AgentEmbedding.model_id).limit(1))
     c = Coordinator(settings_for(state))
     rng = np.random.default_rng(n)
     for start in range(0, n, 500):
-        batch = [(f"a{i:05d}-{agents[i % len(agents)][0]}"[:60].rstrip("-"), agents[i % len(agents)][1])
+        batch = [(f"a{i:05d}-{agents[i % len(agents)][0]}"[:60].rstrip("-"), *agents[i % len(agents)][1:])
                  for i in range(start, min(n, start + 500))]
         with c.db.session() as s:
-            upsert_agents(s, c.db.backend, [Upsert(AgentSpec(name, desc)) for name, desc in batch], now=utcnow())
+            upsert_agents(s, c.db.backend, [Upsert(AgentSpec(name, desc, instructions=body))
+                                            for name, desc, body in batch], now=utcnow())
     with c.db.session() as s:
         s.execute(OutboxJob.__table__.delete())  # the vectors come from the base registry instead
         rows = []
         for i, (agent_id,) in enumerate(s.execute(select(Agent.id).order_by(Agent.id))):
             base_id = agents[i % len(agents)][0]
-            v = emb.from_bytes(vecs[base_id], emb.DIM) + rng.normal(0, 0.01, emb.DIM).astype(np.float32)
+            v = emb.from_bytes(vecs[base_id][0], emb.DIM) + rng.normal(0, 0.01, emb.DIM).astype(np.float32)
             tags = list(s.scalars(select(AgentExpertise.tag).where(AgentExpertise.agent_id == agent_id)))
             desc = agents[i % len(agents)][1]
             rows.append({"agent_id": agent_id, "model_id": model_id, "dim": emb.DIM, "updated_at": utcnow(),
                          "text_hash": index.text_hash(agent_id, desc, tags),
-                         "vector": emb.to_bytes(v / np.linalg.norm(v))})
+                         "vector": emb.to_bytes(v / np.linalg.norm(v)), "terms": vecs[base_id][1]})
         s.execute(AgentEmbedding.__table__.insert(), rows)
     return c
 

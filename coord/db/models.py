@@ -39,6 +39,8 @@ class Agent(Base):
     __tablename__ = "agents"
     id: Mapped[str] = mapped_column(NAME, primary_key=True)  # the agent's name, e.g. "backend-expert"
     description: Mapped[str] = mapped_column(Text, default="")
+    # The Markdown body of the agent's file: hybrid ranking reads its words (coord.matching.bodyterms).
+    instructions: Mapped[str] = mapped_column(Text, default="", server_default="")
     model: Mapped[str | None] = mapped_column(String(64))
     tools: Mapped[list[Any] | None] = mapped_column(JSONType)  # None = inherits every tool
     mcp_servers: Mapped[list[Any]] = mapped_column(JSONType, default=list)
@@ -80,6 +82,7 @@ class AgentEmbedding(Base):
     text_hash: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int]
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    terms: Mapped[bytes | None] = mapped_column(LargeBinary)  # the instructions' word bag (coord.matching.bodyterms)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The ranker's cache check, count + max(updated_at) per model, reads this index only (coord.matching.index).
     __table_args__ = (Index("ix_agent_embeddings_model_updated", "model_id", "updated_at"),)

@@ -1,6 +1,7 @@
 """Hybrid ranking: the one place where lexical and semantic scores are combined.
 
-Inputs are two candidate lists of `(agent_id, score)`, higher is better, in any order:
+Inputs are candidate lists of `(agent_id, score)`, higher is better, in any order: lexical, semantic
+and (optional) body, the BM25 of the need's words in the candidates' instructions, scaled like lexical:
 - lexical: any non-negative relevance (BM25 negated, ts_rank, tag bonuses...). Its scale depends on
   the engine, the collection and the query length, so it is divided by the list's best score: the
   best lexical match gets 1.0, the others their fraction of it, a non-positive score 0.
@@ -76,6 +77,25 @@ stored and indexed (registry, sync, full-text schema on both engines), left for 
 searching a sentence's common words (coord.matching.lexical.informative_words, a latency fix) gave
 65.6 / 79.6 | 61.8 / 78.2, the figures of record now.
 
+Third round: the words of the agents' instructions (the body of the file), `body` weight. The body says
+what the agent does in detail ("code signing", "auto-updater", "error budget") where the description
+stays general. BM25 of the need's words in each candidate's instructions, divided by the best candidate's
+(coord.matching.bodyterms), plus, for a keyword need, the agents whose instructions name it best
+(coord.matching.hybrid.BODY_POOL: "borrow checker", "Airflow DAGs" are in no description). Checked on a
+third set this time, scripts/eval-queries-voltagent-2.tsv (65 paraphrased + 15 keyword needs over the
+VoltAgent collection, written from the agent files by a separate author who never saw a ranking):
+hybrid paraphrased top-1 / top-3 (keyword top-1 / top-3) by body weight, wshobson | VoltAgent | VoltAgent-2:
+
+    0 (as before)   65.6 / 79.6 (98 / 98)   61.8 / 78.2 (100 / 100)   56.9 / 78.5 (73.3 / 80.0)
+    0.05            64.5 / 79.6             63.6 / 78.2               63.1 / 78.5 (80.0 / 86.7)
+    0.1             63.4 / 83.9 (98 / 98)   60.0 / 80.0 (100 / 100)   64.6 / 81.5 (86.7 / 100)
+    0.15            63.4 / 84.9             60.0 / 80.0               66.2 / 80.0 (80.0 / 80.0)
+    0.2             64.5 / 84.9             58.2 / 81.8               -
+(0.1 with the keyword candidates; the other rows without them, which changes keyword needs only.)
+Top-3 gains on every set (+4.3 | +1.8 | +3.0), top-1 on the set nobody tuned on (+7.7); keyword needs
+gain where a term is only in a body (VoltAgent-2: 73 -> 87 top-1, 80 -> 100 top-3). Same weight for
+keyword needs: 0.25 and 0.5 changed nothing there and cost a paraphrased need elsewhere.
+
 Ties are broken by agent id, so the order is deterministic.
 """
 
@@ -91,10 +111,11 @@ Method = Literal["weighted", "rrf"]
 class Weights(NamedTuple):
     lexical: float
     semantic: float
+    body: float = 0.0  # words of the candidates' instructions (coord.matching.bodyterms)
 
 
-SENTENCE_WEIGHTS = Weights(lexical=0.05, semantic=0.95)
-KEYWORD_WEIGHTS = Weights(lexical=0.5, semantic=0.5)
+SENTENCE_WEIGHTS = Weights(lexical=0.05, semantic=0.95, body=0.1)
+KEYWORD_WEIGHTS = Weights(lexical=0.5, semantic=0.5, body=0.1)
 DEFAULT_WEIGHTS = SENTENCE_WEIGHTS
 KEYWORD_MAX_TERMS = 3
 RRF_K = 60
@@ -139,9 +160,9 @@ def _best_per_id(items: Iterable[tuple[str, float]]) -> dict[str, float]:
     return best
 
 
-def _check_weights(weights: Weights | tuple[float, float]) -> Weights:
+def _check_weights(weights: Weights | tuple[float, ...]) -> Weights:
     w = Weights(*(float(x) for x in weights))
-    if w.lexical < 0 or w.semantic < 0 or (w.lexical + w.semantic) <= 0:
+    if min(w) < 0 or (w.lexical + w.semantic) <= 0:
         raise ValueError(f"weights must be non-negative and not both zero: {weights!r}")
     return w
 
@@ -151,22 +172,25 @@ def fuse(
     semantic: list[tuple[str, float]],
     *,
     method: Method = "weighted",
-    weights: Weights | tuple[float, float] = DEFAULT_WEIGHTS,
+    weights: Weights | tuple[float, ...] = DEFAULT_WEIGHTS,
+    body: Iterable[tuple[str, float]] = (),
 ) -> list[tuple[str, float]]:
     """One ranked list `(agent_id, fused score)` from a lexical and a semantic candidate list.
 
     Either list may be empty (no embedder, or no word matched): the other one's order is returned.
     An id repeated inside one list counts once, with its best score. `weights` is
-    `(lexical, semantic)`; use `weights_for_query(need)` for the measured defaults.
+    `(lexical, semantic[, body])`; use `weights_for_query(need)` for the measured defaults. `body`:
+    BM25 of the need's words in candidates' instructions, scaled like the lexical list (weighted only).
     """
     w = _check_weights(weights)
     lex = _best_per_id(lexical)
     sem = _best_per_id(semantic)
     fused: dict[str, float] = {}
     if method == "weighted":
-        top = max(lex.values(), default=0.0)
-        for agent_id, s in lex.items():
-            fused[agent_id] = w.lexical * (max(s, 0.0) / top if top > 0 else 0.0)
+        for weight, scores in ((w.lexical, lex), (w.body, _best_per_id(body))):
+            top = max(scores.values(), default=0.0)
+            for agent_id, s in scores.items():
+                fused[agent_id] = fused.get(agent_id, 0.0) + weight * (max(s, 0.0) / top if top > 0 else 0.0)
         for agent_id, s in sem.items():
             fused[agent_id] = fused.get(agent_id, 0.0) + w.semantic * min(max(s, 0.0), 1.0)
     elif method == "rrf":

@@ -15,8 +15,9 @@ One request in hybrid mode (`rank_agents`):
    anyway, and dropping the lookup changed no figure on either evaluation set (for keyword needs too);
 2. the need embedded (~6 ms on one core) and scored against the cached matrix of agent vectors
    (coord.matching.index.VECTORS; one index-only query checks it is current);
-3. the best POOL agents by cosine plus the cosine of every lexical candidate, fused (coord.matching.fusion,
-   its weights chosen by the need's length); a candidate with no lexical evidence must reach MIN_COSINE
+3. the best POOL agents by cosine plus the cosine of every lexical candidate, and the BM25 of the need's
+   words in these candidates' instructions (coord.matching.bodyterms), fused (coord.matching.fusion, its
+   weights chosen by the need's length); a candidate with no lexical evidence must reach MIN_COSINE
    (SHORT_NEED_MIN_COSINE for a need of one or two content words);
 4. active agents only, busy ones lowered (lexical.finish), best `limit` first.
 Agents without a vector yet (just registered, model busy) still rank through their lexical evidence.
@@ -40,6 +41,10 @@ from coord.matching.lexical import finish, informative_words, lexical_scores, le
 from coord.results import Candidate
 
 POOL = 50  # semantic candidates taken before fusion (the lexical side brings up to FTS_POOL of its own)
+# A keyword need ("borrow checker", "Airflow DAGs") also takes the agents whose instructions name it best,
+# however far their vectors are: every word of such a need is deliberate, and many tools are named only
+# in the body of an agent's file.
+BODY_POOL = 10
 # A candidate found by meaning alone must be at least this close to the need. MiniLM cosines are low in
 # absolute terms: on scripts/eval-queries.tsv the right agent's cosine has a median of 0.38 and a 10th
 # percentile of 0.23, while needs nobody in the collection serves ("banana bread recipe", "knitting a
@@ -118,11 +123,21 @@ def rank_agents(
     cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
     floor = SHORT_NEED_MIN_COSINE.get(len(content_terms(need)), MIN_COSINE)
     semantic = _semantic_pool(vectors, cosines, exclude, floor)
+    in_body = vectors.bodies.scores(need)
+    found = [a for a in scores if a in vectors.row_of]
+    if in_body is not None and is_keyword_need(need):  # a deliberate term named only in an agent's instructions
+        found += [a for a, score in emb.top_k(in_body, vectors.ids, BODY_POOL) if score > 0]
     pooled = {a for a, _ in semantic}
-    semantic += [(a, float(cosines[vectors.row_of[a]])) for a in scores if a not in pooled and a in vectors.row_of]
+    for agent_id in dict.fromkeys(found):
+        if agent_id not in pooled and agent_id not in exclude:
+            semantic.append((agent_id, float(cosines[vectors.row_of[agent_id]])))
+    body = []
     for agent_id, cosine in semantic:
         why.setdefault(agent_id, []).append(f"semantic:{cosine:.2f}")
-    fused = fuse(list(scores.items()), semantic, weights=weights_for_query(need))
+        if in_body is not None and in_body[vectors.row_of[agent_id]] > 0:
+            body.append((agent_id, float(in_body[vectors.row_of[agent_id]])))
+            why[agent_id].append(f"instructions:{body[-1][1]:.2f}")
+    fused = fuse(list(scores.items()), semantic, weights=weights_for_query(need), body=body)
     return finish(session, dict(fused), why, limit)
 
 

@@ -6,17 +6,19 @@ The life of a vector:
    the text that would be embedded (`embedder.agent_text`); an agent whose stored vector has another
    hash loses it (a stale vector must not rank), and if any agent is left without a current vector, one
    `embed` outbox row is written in the same transaction (invariant 1). An unchanged text keeps its
-   vector: nothing is recomputed.
+   vector: nothing is recomputed; if only the agent's instructions changed, their word bag
+   (coord.matching.bodyterms, stored beside the vector) is made again right there, without the model.
 2. The `embed` job (`run_embed_job`) embeds every active agent that has no vector for the loaded model,
    in batches: reads and model calls outside any transaction, one short write transaction per batch
-   that stores a vector only if the agent's text still has the hash that was embedded. So sync and
+   that stores a vector only if the agent's text still has the hash that was embedded, with the word bag
+   of the instructions as they are in that transaction. So sync and
    requests never wait for the model, and one job covers whatever piled up (a first sync of thousands
    of files is one job, whichever upsert enqueued it).
 3. The `embed_backfill` periodic job enqueues an `embed` row when active agents lack a vector and none
    is pending: after the extra is installed, after a model change, or if a job failed for good.
-4. `VectorCache` keeps the (agents x dim) matrix per database and model in memory; at most once a
-   second a request checks (row count, latest updated_at) of the model's rows, an index-only query,
-   and reads what changed.
+4. `VectorCache` keeps the (agents x dim) matrix and the bags' BM25 index per database and model in
+   memory; at most once a second a request checks (row count, latest updated_at) of the model's rows,
+   an index-only query, and reads what changed.
 A job that runs out of its time budget (a share of the outbox lease) queues its successor, so a first
 sync of 10,000 agents is a chain of short jobs, none of them mistaken for a dead one.
 Removed agents lose their vectors (`on_agents_removed`); the ranker also filters by status, so a
@@ -33,13 +35,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, exists, func, select
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
 from coord.db.models import Agent, AgentEmbedding, AgentExpertise, OutboxJob
 from coord.ids import new_id
 from coord.logs import get_logger
+from coord.matching import bodyterms
 from coord.matching import embedder as emb
 from coord.outbox import add_job
 from coord.states import JOB_EMBED
@@ -54,10 +57,16 @@ IN_CHUNK = 500  # ids per IN (...) list
 _RING = "coord.embed_jobs"  # session.info key: embed jobs to ring once the transaction commits
 
 
-def text_hash(name: str, description: str, tags: Iterable[str]) -> str:
+def text_hash(name: str, description: str, tags: Iterable[str], instructions: str = "") -> str:
     """What a stored vector is keyed by: the sha256 of exactly the text that is embedded (tags sorted,
-    as the job reads them back, so the order a parser derived them in does not count as a change)."""
+    as the job reads them back, so the order a parser derived them in does not count as a change).
+    The instructions are not embedded: a changed body changes the word bag only (`on_agents_changed`)."""
     return hashlib.sha256(emb.agent_text(name, description, sorted(tags)).encode("utf-8")).hexdigest()
+
+
+def terms_blob(instructions: str) -> bytes | None:
+    """The stored word bag of an agent's instructions (None without any)."""
+    return bodyterms.to_bytes(bodyterms.bag(instructions)) if instructions else None
 
 
 def _chunks(items: list[str], n: int = IN_CHUNK) -> Iterable[list[str]]:
@@ -71,27 +80,37 @@ def _chunks(items: list[str], n: int = IN_CHUNK) -> Iterable[list[str]]:
 
 
 def on_agents_changed(session: Session, backend: Any, docs: list[tuple[str, str, list[str]]], *,
-                      now: datetime) -> str | None:
+                      now: datetime, instructions: dict[str, str] | None = None) -> str | None:
     """Registry hook for agents whose row changed: drop stale vectors, enqueue embedding when needed.
 
-    `docs` are (name, description, tags) as just stored. Returns the outbox id of the `embed` job that
-    will embed them (new, or one already waiting), or None when every text still has its vector.
+    `docs` are (name, description, tags) as just stored, `instructions` their bodies by name. Returns the
+    outbox id of the `embed` job that will embed them (new, or one already waiting), or None when every
+    text still has its vector. A vector whose text is unchanged while the instructions changed keeps the
+    vector and gets the new word bag here (no model call; ~1 ms of CPU a body).
     """
     if not docs:
         return None
+    bodies = instructions or {}
     wanted = {name: text_hash(name, description, tags) for name, description, tags in docs}
     stored: dict[str, set[str]] = {}
+    rebag: set[str] = set()
     for chunk in _chunks(list(wanted)):
-        for agent_id, digest in session.execute(
-                select(AgentEmbedding.agent_id, AgentEmbedding.text_hash).where(AgentEmbedding.agent_id.in_(chunk))):
+        for agent_id, digest, terms in session.execute(
+                select(AgentEmbedding.agent_id, AgentEmbedding.text_hash, AgentEmbedding.terms)
+                .where(AgentEmbedding.agent_id.in_(chunk))):
             stored.setdefault(agent_id, set()).add(digest)
+            if digest == wanted[agent_id] and (bytes(terms) if terms else None) != terms_blob(bodies.get(agent_id, "")):
+                rebag.add(agent_id)
+    for agent_id in rebag:  # updated_at moves, so every process's VectorCache reads the row again
+        session.execute(update(AgentEmbedding).where(AgentEmbedding.agent_id == agent_id)
+                        .values(terms=terms_blob(bodies.get(agent_id, "")), updated_at=now))
     stale = [a for a, hashes in stored.items() if hashes != {wanted[a]}]
     for chunk in _chunks(stale):
         # One statement per chunk; a vector of the wanted text (made by another model) is kept.
         wanted_hash = case({a: wanted[a] for a in chunk}, value=AgentEmbedding.agent_id, else_="")
         session.execute(delete(AgentEmbedding).where(AgentEmbedding.agent_id.in_(chunk),
                                                      AgentEmbedding.text_hash != wanted_hash))
-    if stale:
+    if stale or rebag:
         VECTORS.expire()
     if all(wanted[a] in stored.get(a, ()) for a in wanted):
         return None
@@ -146,10 +165,11 @@ def _missing(session: Session, model_id: str, limit: int, after: str | None) -> 
     return list(session.scalars(stmt.limit(limit)))
 
 
-def _texts(session: Session, agent_ids: list[str]) -> dict[str, tuple[str, list[str]]]:
-    """(description, tags) of the active agents among `agent_ids`."""
-    out = {a: (d or "", []) for a, d in session.execute(
-        select(Agent.id, Agent.description).where(Agent.id.in_(agent_ids), Agent.status == "active"))}
+def _texts(session: Session, agent_ids: list[str]) -> dict[str, tuple[str, list[str], str]]:
+    """(description, tags, instructions) of the active agents among `agent_ids`."""
+    out = {a: (d or "", [], i or "") for a, d, i in session.execute(
+        select(Agent.id, Agent.description, Agent.instructions).where(Agent.id.in_(agent_ids),
+                                                                       Agent.status == "active"))}
     for agent_id, tag in session.execute(select(AgentExpertise.agent_id, AgentExpertise.tag)
                                          .where(AgentExpertise.agent_id.in_(list(out)))
                                          .order_by(AgentExpertise.agent_id, AgentExpertise.tag)):
@@ -181,7 +201,7 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
     upsert = db.backend.insert(AgentEmbedding.__table__)
     upsert = upsert.on_conflict_do_update(
         index_elements=["agent_id", "model_id"],
-        set_={c: upsert.excluded[c] for c in ("text_hash", "dim", "vector", "updated_at")},
+        set_={c: upsert.excluded[c] for c in ("text_hash", "dim", "vector", "terms", "updated_at")},
     )
     batches = 0
     while True:
@@ -211,7 +231,8 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
                     report.skipped += 1
                     continue
                 rows.append({"agent_id": name, "model_id": embedder.model_id, "text_hash": hashes[name],
-                             "dim": embedder.dim, "vector": emb.to_bytes(vec), "updated_at": stamp})
+                             "dim": embedder.dim, "vector": emb.to_bytes(vec), "updated_at": stamp,
+                             "terms": terms_blob(current[name][2])})  # the instructions as of this transaction
             if rows:  # an upsert: two workers embedding the same agent both succeed
                 s.execute(upsert, rows)
             report.embedded += len(rows)
@@ -289,6 +310,7 @@ class Vectors:
     ids: list[str]
     row_of: dict[str, int]
     matrix: Any  # np.ndarray (n, dim), L2-normalized rows
+    bodies: bodyterms.BodyIndex  # the rows' instruction word bags, same row order
     checked: float = 0.0  # time.monotonic() of the last version check
 
 
@@ -331,13 +353,14 @@ class VectorCache:
             fresh = self._merged(session, cached, model_id, dim, version, now)
         if fresh is None:
             rows = session.execute(
-                select(AgentEmbedding.agent_id, AgentEmbedding.vector)
+                select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms)
                 .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
                 .order_by(AgentEmbedding.agent_id)
             ).all()
             ids = [r[0] for r in rows]
             fresh = Vectors(version, ids, {a: i for i, a in enumerate(ids)},
-                            emb.stack_from_bytes([bytes(r[1]) for r in rows], dim), now)
+                            emb.stack_from_bytes([bytes(r[1]) for r in rows], dim),
+                            bodyterms.BodyIndex.build([bodyterms.from_bytes(r[2]) for r in rows]), now)
         with self._lock:
             self._entries[key] = fresh
         return fresh
@@ -347,19 +370,22 @@ class VectorCache:
                 now: float) -> Vectors | None:
         """`cached` plus the rows written since it was read, or None when that does not add up."""
         rows = session.execute(
-            select(AgentEmbedding.agent_id, AgentEmbedding.vector)
+            select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms)
             .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim,
                    AgentEmbedding.updated_at > cached.version[1])
         ).all()
         ids, row_of = list(cached.ids), dict(cached.row_of)
         replaced, added = [], []
-        for agent_id, blob in rows:
+        replaced_bags, added_bags = {}, []
+        for agent_id, blob, terms in rows:
             if agent_id in row_of:
                 replaced.append((row_of[agent_id], bytes(blob)))
+                replaced_bags[row_of[agent_id]] = bodyterms.from_bytes(terms)
             else:
                 row_of[agent_id] = len(ids)
                 ids.append(agent_id)
                 added.append(bytes(blob))
+                added_bags.append(bodyterms.from_bytes(terms))
         if len(ids) != version[0]:
             return None  # rows were deleted too: read everything
         matrix = cached.matrix.copy() if replaced else cached.matrix
@@ -369,7 +395,7 @@ class VectorCache:
             import numpy as np
 
             matrix = np.concatenate([matrix, emb.stack_from_bytes(added, dim)])
-        return Vectors(version, ids, row_of, matrix, now)
+        return Vectors(version, ids, row_of, matrix, cached.bodies.updated(replaced_bags, added_bags), now)
 
     def expire(self) -> None:
         """Check the database at the next request: this process just changed vectors (tests, inline jobs)."""

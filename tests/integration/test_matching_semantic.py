@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 from sqlalchemy import func, select
+from sqlalchemy import inspect as sa_inspect
 
 from coord import status, sync
 from coord.client import Coordinator
@@ -336,3 +337,85 @@ def test_a_sentences_common_words_are_not_searched(coordinator: Coordinator, fak
     assert searched[-1] == ["firmware", "sensor", "boards"]
     coordinator.find_experts("project chores")  # a keyword need: every word is searched
     assert searched[-1] == ["project", "chores"]
+
+
+def _write_agent(folder: Path, name: str, description: str, body: str) -> None:
+    (folder / f"{name}.md").write_text(f"---\nname: {name}\ndescription: {description}\n---\n{body}\n")
+
+
+def test_words_of_the_instructions_rank_candidates_and_follow_edits(tmp_path: Path, db_url: str,
+                                                                    fake: FakeEmbedder):
+    # Two agents alike by their descriptions (the packager's a little less close to the need); only the
+    # packager's instructions speak of the need's other words.
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    rich = "You sign code and ship installers with automatic updates for Windows and macOS releases."
+    _write_agent(folder, "desktop-builder", "Builds desktop installers for teams.", "You write menus.")
+    _write_agent(folder, "desktop-packager", "Builds desktop installers for large teams.", rich)
+    settings = make_settings(tmp_path, db_url, agent_dirs=[str(folder)], log_level="warning")
+    c = Coordinator(settings)
+    need = "ship signed installers with automatic updates"
+
+    def ranked() -> list:
+        with c.db.reader() as s:
+            return hybrid.rank_agents(s, c.db.backend, need, matching="auto")
+
+    try:
+        sync.reconcile(settings, c.db)
+        assert run_embed_jobs(c) == 1
+        with c.db.reader() as s:
+            assert ids(hybrid.rank_semantic(s, need))[0] == "desktop-builder"  # by meaning alone
+        first = ranked()[0]
+        assert first.agent_id == "desktop-packager" and any(w.startswith("instructions:") for w in first.why)
+
+        # The instructions change, the embedded text does not: the bag follows, the model is not called.
+        calls = len(fake.texts)
+        _write_agent(folder, "desktop-builder", "Builds desktop installers for teams.", rich)
+        _write_agent(folder, "desktop-packager", "Builds desktop installers for large teams.", "You write menus.")
+        sync.reconcile(settings, c.db)
+        assert pending_embed_jobs(c) == [] and len(fake.texts) == calls
+        assert ids(ranked())[:2] == ["desktop-builder", "desktop-packager"]
+        assert not any(w.startswith("instructions:") for w in ranked()[1].why)
+
+        # A removed agent's instructions never bring it back.
+        (folder / "desktop-builder.md").unlink()
+        sync.reconcile(settings, c.db)
+        assert "desktop-builder" not in ids(ranked())
+    finally:
+        c.close()
+
+
+def test_upgrade_to_0004_reads_every_file_again_for_its_instructions(tmp_path: Path, db_url: str,
+                                                                      fake: FakeEmbedder):
+    from alembic import command
+
+    from coord.db.migrate import alembic_config
+    from coord.db.models import Agent
+
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    for i in range(3):
+        _write_agent(folder, f"agent-{i}", f"Handles topic {i}.", f"You know the quarry{i} procedure well.")
+    settings = make_settings(tmp_path, db_url, agent_dirs=[str(folder)], log_level="warning")
+    c = Coordinator(settings)
+    try:
+        sync.reconcile(settings, c.db)
+        assert run_embed_jobs(c) == 1
+        # What a database synced before revision 0004 holds: no instructions, no word bags.
+        command.downgrade(alembic_config(c.db), "0003")
+        with c.db.engine.begin() as conn:
+            assert "instructions" not in {col["name"] for col in sa_inspect(conn).get_columns("agents")}
+            assert conn.exec_driver_sql("SELECT count(*) FROM agent_expertise").scalar() > 0  # nothing lost
+        command.upgrade(alembic_config(c.db), "head")
+        calls = len(fake.texts)
+        report = sync.reconcile(settings, c.db)
+        assert report.events == {"updated": 3} and report.read == 3
+        with c.db.reader() as s:
+            bodies = dict(s.execute(select(Agent.id, Agent.instructions)).all())
+            bags = dict(s.execute(select(AgentEmbedding.agent_id, AgentEmbedding.terms)).all())
+        assert bodies == {f"agent-{i}": f"You know the quarry{i} procedure well.\n" for i in range(3)}
+        assert all(bags.values()) and len(bags) == 3
+        assert pending_embed_jobs(c) == [] and len(fake.texts) == calls  # vectors kept: no model call
+        assert "instructions:" in " ".join(c.find_experts("quarry1 topic")[0].why)
+    finally:
+        c.close()

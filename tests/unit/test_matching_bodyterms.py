@@ -1,0 +1,50 @@
+"""Word bags of agents' instructions and their BM25 index (coord.matching.bodyterms)."""
+
+from __future__ import annotations
+
+import pytest
+
+from coord.matching import bodyterms
+
+np = pytest.importorskip("numpy", reason="the body index needs numpy (it comes with the 'semantic' extra)")
+
+BODIES = [
+    "You sign installers and ship automatic updates for Windows and macOS.",
+    "You tune PostgreSQL replication and vacuum settings.",
+    "",  # an agent registered without a file: no instructions
+    "You write Playwright end-to-end tests; tests run on every commit.",
+]
+
+
+def test_bags_are_stemmed_content_words_and_round_trip():
+    length, counts = bodyterms.bag("Our tests: testing the tested installers, installer updates!")
+    assert counts == {"test": 3, "instal": 2, "updat": 1}  # Porter stems; "our", "the" are stopwords
+    assert length == 6
+    assert bodyterms.from_bytes(bodyterms.to_bytes((length, counts))) == (length, counts)
+    assert bodyterms.from_bytes(None) == (0, {})
+
+
+def test_scores_rank_the_body_that_names_the_need():
+    index = bodyterms.BodyIndex.build([bodyterms.bag(b) for b in BODIES])
+    scores = index.scores("signed installer updates")
+    assert scores.argmax() == 0 and scores[1] == scores[2] == scores[3] == 0
+    tests = index.scores("end-to-end tests")
+    assert tests.argmax() == 3
+    assert index.scores("banana bread") is None  # no word of the need in any body
+
+
+def test_rare_words_weigh_more_than_common_ones():
+    index = bodyterms.BodyIndex.build([bodyterms.bag(b) for b in ["alpha beta", "alpha gamma", "alpha delta"]])
+    assert index.scores("gamma")[1] > index.scores("alpha")[1] > 0
+
+
+def test_an_update_equals_a_rebuild():
+    bags = [bodyterms.bag(b) for b in BODIES]
+    changed = bodyterms.bag("You now tune Kafka replication.")
+    added = [bodyterms.bag("You review PostgreSQL schemas."), bodyterms.bag("")]
+    big = bodyterms.BodyIndex.build(bags * 30)  # 120 rows: a small update takes the incremental path
+    updated = big.updated({1: changed}, added)
+    rebuilt = bodyterms.BodyIndex.build([*(bags * 30)[:1], changed, *(bags * 30)[2:], *added])
+    for need in ("postgresql replication", "kafka", "installers", "schemas"):
+        assert np.allclose(updated.scores(need), rebuilt.scores(need)), need
+    assert big.scores("kafka") is None  # the index it came from is left as it was
