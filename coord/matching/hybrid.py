@@ -134,9 +134,10 @@ def rank_agents(
     body = []
     for agent_id, cosine in semantic:
         why.setdefault(agent_id, []).append(f"semantic:{cosine:.2f}")
-        if in_body is not None and in_body[vectors.row_of[agent_id]] > 0:
-            body.append((agent_id, float(in_body[vectors.row_of[agent_id]])))
-            why[agent_id].append(f"instructions:{body[-1][1]:.2f}")
+        words = float(in_body[vectors.row_of[agent_id]]) if in_body is not None else 0.0
+        if words > 0:
+            body.append((agent_id, words))
+            why[agent_id].append(f"instructions:{words:.2f}")
     fused = fuse(list(scores.items()), semantic, weights=weights_for_query(need), body=body)
     return finish(session, dict(fused), why, limit)
 

@@ -66,7 +66,7 @@ def text_hash(name: str, description: str, tags: Iterable[str], instructions: st
 
 def terms_blob(instructions: str) -> bytes | None:
     """The stored word bag of an agent's instructions (None without any)."""
-    return bodyterms.to_bytes(bodyterms.bag(instructions)) if instructions else None
+    return bodyterms.to_bytes(instructions) if instructions else None
 
 
 def _chunks(items: list[str], n: int = IN_CHUNK) -> Iterable[list[str]]:

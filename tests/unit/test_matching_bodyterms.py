@@ -16,32 +16,41 @@ BODIES = [
 ]
 
 
-def test_bags_are_stemmed_content_words_and_round_trip():
-    length, counts = bodyterms.bag("Our tests: testing the tested installers, installer updates!")
-    assert counts == {"test": 3, "instal": 2, "updat": 1}  # Porter stems; "our", "the" are stopwords
-    assert length == 6
-    assert bodyterms.from_bytes(bodyterms.to_bytes((length, counts))) == (length, counts)
-    assert bodyterms.from_bytes(None) == (0, {})
+def bag(text: str) -> bodyterms.Bag:
+    return bodyterms.from_bytes(bodyterms.to_bytes(text))
+
+
+def test_bags_count_stemmed_content_words():
+    length, ids, counts = bag("Our tests: testing the tested installers, installer updates!")
+    assert length == 6  # "our", "the" are stopwords
+    by_word = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    assert by_word == {bodyterms.term_id("test"): 3, bodyterms.term_id("installer"): 2,
+                       bodyterms.term_id("updates"): 1}  # Porter stems: test(s/ing/ed), installer(s)
+    assert bodyterms.term_id("installers") == bodyterms.term_id("install") != bodyterms.term_id("updates")
+    assert bodyterms.to_bytes("B a") == bodyterms.to_bytes("a b")  # the same bag, byte for byte
+    empty = bodyterms.from_bytes(None)
+    assert empty[0] == 0 and empty[1].size == 0
 
 
 def test_scores_rank_the_body_that_names_the_need():
-    index = bodyterms.BodyIndex.build([bodyterms.bag(b) for b in BODIES])
+    index = bodyterms.BodyIndex.build([bag(b) for b in BODIES])
     scores = index.scores("signed installer updates")
     assert scores.argmax() == 0 and scores[1] == scores[2] == scores[3] == 0
     tests = index.scores("end-to-end tests")
     assert tests.argmax() == 3
     assert index.scores("banana bread") is None  # no word of the need in any body
+    assert bodyterms.BodyIndex.build([bag(""), bag("")]).scores("installers") is None  # agents without files
 
 
 def test_rare_words_weigh_more_than_common_ones():
-    index = bodyterms.BodyIndex.build([bodyterms.bag(b) for b in ["alpha beta", "alpha gamma", "alpha delta"]])
+    index = bodyterms.BodyIndex.build([bag(b) for b in ["alpha beta", "alpha gamma", "alpha delta"]])
     assert index.scores("gamma")[1] > index.scores("alpha")[1] > 0
 
 
 def test_an_update_equals_a_rebuild():
-    bags = [bodyterms.bag(b) for b in BODIES]
-    changed = bodyterms.bag("You now tune Kafka replication.")
-    added = [bodyterms.bag("You review PostgreSQL schemas."), bodyterms.bag("")]
+    bags = [bag(b) for b in BODIES]
+    changed = bag("You now tune Kafka replication.")
+    added = [bag("You review PostgreSQL schemas."), bag("")]
     big = bodyterms.BodyIndex.build(bags * 30)  # 120 rows: a small update takes the incremental path
     updated = big.updated({1: changed}, added)
     rebuilt = bodyterms.BodyIndex.build([*(bags * 30)[:1], changed, *(bags * 30)[2:], *added])
