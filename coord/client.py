@@ -105,8 +105,12 @@ class Coordinator:
         tools: list[str] | None = None,
         mcp_servers: list[str] | None = None,
         model: str | None = None,
+        instructions: str = "",
     ) -> AgentInfo:
-        spec = registry.AgentSpec(name, description, list(expertise or []), tools, list(mcp_servers or []), model)
+        """Register or replace an agent. `instructions`: what its file's body would say (its system prompt);
+        hybrid matching also reads their words."""
+        spec = registry.AgentSpec(name, description, list(expertise or []), tools, list(mcp_servers or []), model,
+                                  instructions=instructions)
         with self.db.session() as s:
             agent, event = registry.upsert_agent(s, self.db.backend, spec, now=self.now(), origin="api")
             info = registry.info(s, agent)

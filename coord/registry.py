@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from coord.matching import index as embeddings
 from coord.results import AgentInfo
 
 MAX_DESCRIPTION = 20_000
+MAX_INSTRUCTIONS = 256 * 1024
 AGENTS = Agent.__table__
 
 
@@ -40,6 +42,12 @@ class AgentSpec:
             raise InvalidInput(f"agent {self.name!r} needs a description: it is what others match on")
         if len(self.description) > MAX_DESCRIPTION:
             raise InvalidInput(f"agent {self.name!r}: description over {MAX_DESCRIPTION} characters")
+        if not isinstance(self.instructions, str):
+            raise InvalidInput(f"agent {self.name!r}: instructions must be text, "
+                               f"not {type(self.instructions).__name__}")
+        if len(self.instructions) > MAX_INSTRUCTIONS:
+            raise InvalidInput(f"agent {self.name!r}: instructions over {MAX_INSTRUCTIONS} characters "
+                               "(an agent file may hold 256 KiB in all)")
         return self
 
     def tags(self) -> list[str]:
@@ -56,6 +64,8 @@ def _snapshot(agent: Agent, tags: list[str]) -> dict[str, Any]:
         "model": agent.model,
         "source_path": agent.source_path,
         "content_hash": agent.content_hash,
+        # A digest, not the text: history keeps one row per change, and a body can be 256 KiB.
+        "instructions_sha256": hashlib.sha256((agent.instructions or "").encode("utf-8")).hexdigest(),
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from coord.cli.main import CliState, pass_state
@@ -41,6 +43,8 @@ def agents_show(ctx: click.Context, state: CliState, name: str) -> None:
 @click.option("--tool", "tools", multiple=True, help="A tool the agent needs; repeat. Omit for all tools.")
 @click.option("--mcp", "mcp_servers", multiple=True, help="An MCP server the agent needs; repeat.")
 @click.option("--model", help="sonnet, opus, haiku, inherit or a model id.")
+@click.option("--instructions-file", type=click.File("r", encoding="utf-8"),
+              help="Its instructions (what a file's body holds), from a file or - for stdin; matching reads them.")
 @pass_state
 @click.pass_context
 def agents_add(
@@ -52,6 +56,7 @@ def agents_add(
     tools: tuple,
     mcp_servers: tuple,
     model: str | None,
+    instructions_file: Any,
 ) -> None:
     """Register (or update) an agent directly, without a file."""
     a = state.coordinator.register_agent(
@@ -61,6 +66,7 @@ def agents_add(
         tools=list(tools) or None,
         mcp_servers=list(mcp_servers),
         model=model,
+        instructions=instructions_file.read() if instructions_file is not None else "",
     )
     show(ctx, a, lambda: console.print(f"registered {a.id} (expertise: {fmt(a.expertise)})"))
 

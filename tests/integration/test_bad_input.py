@@ -158,6 +158,11 @@ def test_bad_collaboration_and_gap_input(c: Coordinator, settings: Settings):
         ("agent description", lambda c: c.register_agent("new-agent", "   "), InvalidInput, "needs a description"),
         ("agent name case", lambda c: c.register_agent("New_Agent", "Does things"), InvalidInput,
          "lowercase letters"),
+        ("agent instructions type", lambda c: c.register_agent("new-agent", "Does things", instructions=["x"]),
+         InvalidInput, "instructions must be text"),
+        ("agent instructions long", lambda c: c.register_agent("new-agent", "Does things",
+                                                               instructions="x" * (256 * 1024 + 1)),
+         InvalidInput, "instructions over 262144 characters"),
     ])
 
 

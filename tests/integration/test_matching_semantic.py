@@ -419,3 +419,42 @@ def test_upgrade_to_0004_reads_every_file_again_for_its_instructions(tmp_path: P
         assert "instructions:" in " ".join(c.find_experts("quarry1 topic")[0].why)
     finally:
         c.close()
+
+
+def test_agents_registered_through_the_api_or_cli_carry_instructions(c: Coordinator, fake: FakeEmbedder,
+                                                                     tmp_path: Path):
+    from click.testing import CliRunner
+
+    from coord.cli.main import cli
+    from coord.db.models import Agent, AgentHistory
+
+    need = "keep the kafka brokers balanced"
+    c.register_agent("stream-keeper", "Runs the event pipelines", expertise=["pipelines"],
+                     instructions="You operate Kafka brokers: partitions, rebalancing and consumer lag.")
+    c.register_agent("stream-helper", "Runs the event pipelines", expertise=["pipelines"])
+    run_embed_jobs(c)
+    assert "instructions:" in " ".join(c.find_experts(need)[0].why)
+    assert c.find_experts(need)[0].agent_id == "stream-keeper"
+
+    # Only the instructions change: a history event, the bag follows, the model is not called.
+    calls = len(fake.texts)
+    c.register_agent("stream-keeper", "Runs the event pipelines", expertise=["pipelines"], instructions="")
+    c.register_agent("stream-helper", "Runs the event pipelines", expertise=["pipelines"],
+                     instructions="You rebalance Kafka brokers.")
+    assert pending_embed_jobs(c) == [] and len(fake.texts) == calls
+    assert c.find_experts(need)[0].agent_id == "stream-helper"
+    with c.db.reader() as s:
+        events = s.scalars(select(AgentHistory.event).where(AgentHistory.agent_id == "stream-helper")
+                           .order_by(AgentHistory.id)).all()
+    assert events == ["registered", "updated"]
+
+    # The CLI reads them from a file.
+    body = tmp_path / "body.md"
+    body.write_text("You shard Kafka topics.\n", encoding="utf-8")
+    env = {"COORD_STATE_DIR": str(c.settings.state_dir), "COORD_DISPATCH": "inline",
+           "COORD_DATABASE_URL": c.db.engine.url.render_as_string(hide_password=False)}
+    out = CliRunner().invoke(cli, ["agents", "add", "topic-sharder", "--description", "Shards topics",
+                                   "--instructions-file", str(body)], env=env)
+    assert out.exit_code == 0, out.output
+    with c.db.reader() as s:
+        assert s.scalar(select(Agent.instructions).where(Agent.id == "topic-sharder")) == "You shard Kafka topics.\n"
