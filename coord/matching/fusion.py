@@ -91,7 +91,8 @@ hybrid paraphrased top-1 / top-3 (keyword top-1 / top-3) by body weight, wshobso
     0.1             63.4 / 83.9 (98 / 98)   60.0 / 80.0 (100 / 100)   64.6 / 81.5 (86.7 / 100)
     0.15            63.4 / 84.9             60.0 / 80.0               66.2 / 80.0 (80.0 / 80.0)
     0.2             64.5 / 84.9             58.2 / 81.8               -
-(0.1 with the keyword candidates; the other rows without them, which changes keyword needs only.)
+(0 and 0.1: scripts/eval-matching, 0.1 with the keyword candidates; the other rows: the same rankers
+replayed with the bodies outside coord, without those candidates, which changes keyword needs only.)
 Top-3 gains on every set (+4.3 | +1.8 | +3.0), top-1 on the set nobody tuned on (+7.7); keyword needs
 gain where a term is only in a body (VoltAgent-2: 73 -> 87 top-1, 80 -> 100 top-3). Same weight for
 keyword needs: 0.25 and 0.5 changed nothing there and cost a paraphrased need elsewhere.

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, exists, func, select, update
+from sqlalchemy import bindparam, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
@@ -57,7 +57,7 @@ IN_CHUNK = 500  # ids per IN (...) list
 _RING = "coord.embed_jobs"  # session.info key: embed jobs to ring once the transaction commits
 
 
-def text_hash(name: str, description: str, tags: Iterable[str], instructions: str = "") -> str:
+def text_hash(name: str, description: str, tags: Iterable[str]) -> str:
     """What a stored vector is keyed by: the sha256 of exactly the text that is embedded (tags sorted,
     as the job reads them back, so the order a parser derived them in does not count as a change).
     The instructions are not embedded: a changed body changes the word bag only (`on_agents_changed`)."""
@@ -67,6 +67,10 @@ def text_hash(name: str, description: str, tags: Iterable[str], instructions: st
 def terms_blob(instructions: str) -> bytes | None:
     """The stored word bag of an agent's instructions (None without any)."""
     return bodyterms.to_bytes(instructions) if instructions else None
+
+
+_REBAG = (update(AgentEmbedding.__table__).where(AgentEmbedding.agent_id == bindparam("_agent"))
+          .values(terms=bindparam("_terms"), updated_at=bindparam("_now")))
 
 
 def _chunks(items: list[str], n: int = IN_CHUNK) -> Iterable[list[str]]:
@@ -93,17 +97,20 @@ def on_agents_changed(session: Session, backend: Any, docs: list[tuple[str, str,
     bodies = instructions or {}
     wanted = {name: text_hash(name, description, tags) for name, description, tags in docs}
     stored: dict[str, set[str]] = {}
-    rebag: set[str] = set()
+    bags: dict[str, bytes | None] = {}
+    rebag: dict[str, bytes | None] = {}
     for chunk in _chunks(list(wanted)):
         for agent_id, digest, terms in session.execute(
                 select(AgentEmbedding.agent_id, AgentEmbedding.text_hash, AgentEmbedding.terms)
                 .where(AgentEmbedding.agent_id.in_(chunk))):
             stored.setdefault(agent_id, set()).add(digest)
-            if digest == wanted[agent_id] and (bytes(terms) if terms else None) != terms_blob(bodies.get(agent_id, "")):
-                rebag.add(agent_id)
-    for agent_id in rebag:  # updated_at moves, so every process's VectorCache reads the row again
-        session.execute(update(AgentEmbedding).where(AgentEmbedding.agent_id == agent_id)
-                        .values(terms=terms_blob(bodies.get(agent_id, "")), updated_at=now))
+            if digest == wanted[agent_id]:
+                if agent_id not in bags:
+                    bags[agent_id] = terms_blob(bodies.get(agent_id, ""))
+                if (bytes(terms) if terms else None) != bags[agent_id]:
+                    rebag[agent_id] = bags[agent_id]
+    if rebag:  # updated_at moves, so every process's VectorCache reads these rows again
+        session.execute(_REBAG, [{"_agent": a, "_terms": blob, "_now": now} for a, blob in rebag.items()])
     stale = [a for a, hashes in stored.items() if hashes != {wanted[a]}]
     for chunk in _chunks(stale):
         # One statement per chunk; a vector of the wanted text (made by another model) is kept.
@@ -220,14 +227,14 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
         names = list(texts)
         if not names:
             continue
-        hashes = {n: text_hash(n, *texts[n]) for n in names}
+        hashes = {n: text_hash(n, texts[n][0], texts[n][1]) for n in names}
         vectors = emb.embed_agents(embedder, [(n, texts[n][0], sorted(texts[n][1])) for n in names])
         with db.session() as s:
             current = _texts(s, names)  # re-read under the write transaction: store only what is still true
             rows = []
             stamp = now()
             for name, vec in zip(names, vectors, strict=True):
-                if name not in current or text_hash(name, *current[name]) != hashes[name]:
+                if name not in current or text_hash(name, current[name][0], current[name][1]) != hashes[name]:
                     report.skipped += 1
                     continue
                 rows.append({"agent_id": name, "model_id": embedder.model_id, "text_hash": hashes[name],

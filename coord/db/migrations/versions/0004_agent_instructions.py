@@ -3,8 +3,9 @@
 Hybrid ranking scores its candidates by the words of their instructions too (coord.matching.bodyterms).
 Files synced before this revision were stored without their body, so every file is read again by the
 next folder sync (its stat signature and hashes are forgotten): each file agent gets one `updated`
-history event, its vector is made again with the bag, and nothing else changes. Agents registered
-through the API have no file and no instructions.
+history event and the word bag of its body; its vector is kept (the embedded text did not change: no
+model call), and nothing else changes. Agents registered through the API have no instructions until they
+are registered again with some.
 
 Revision ID: 0004
 Revises: 0003
