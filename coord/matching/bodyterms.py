@@ -95,14 +95,18 @@ def to_bytes(text: str) -> bytes:
 
 
 def from_bytes(blob: bytes | None) -> Bag:
-    """A stored bag as arrays; an empty one for None (no instructions) or a format this code does not know."""
-    raw = zlib.decompress(blob) if blob else b""
-    if len(raw) < _HEADER.size or raw[0] != _VERSION:
-        return 0, np.zeros(0, np.uint64), np.zeros(0, np.float32)
-    _, length, n = _HEADER.unpack_from(raw)
-    ids = np.frombuffer(raw, dtype="<u8", count=n, offset=_HEADER.size)
-    counts = np.frombuffer(raw, dtype="<u2", count=n, offset=_HEADER.size + 8 * n).astype(np.float32)
-    return length, ids, counts
+    """A stored bag as arrays. An empty one for None (no instructions), a format this code does not know,
+    or a damaged blob: the agent then ranks without body evidence, and ranking never fails over it."""
+    try:
+        raw = zlib.decompress(blob) if blob else b""
+        if len(raw) >= _HEADER.size and raw[0] == _VERSION:
+            _, length, n = _HEADER.unpack_from(raw)
+            ids = np.frombuffer(raw, dtype="<u8", count=n, offset=_HEADER.size)
+            counts = np.frombuffer(raw, dtype="<u2", count=n, offset=_HEADER.size + 8 * n).astype(np.float32)
+            return length, ids, counts
+    except (zlib.error, ValueError):
+        pass
+    return 0, np.zeros(0, np.uint64), np.zeros(0, np.float32)
 
 
 # An update touching more rows than this share of the index rebuilds the postings in one pass.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from coord.matching import bodyterms
@@ -28,8 +30,11 @@ def test_bags_count_stemmed_content_words():
                        bodyterms.term_id("updates"): 1}  # Porter stems: test(s/ing/ed), installer(s)
     assert bodyterms.term_id("installers") == bodyterms.term_id("install") != bodyterms.term_id("updates")
     assert bodyterms.to_bytes("B a") == bodyterms.to_bytes("a b")  # the same bag, byte for byte
-    empty = bodyterms.from_bytes(None)
-    assert empty[0] == 0 and empty[1].size == 0
+    good = bodyterms.to_bytes("signed installers")
+    for broken in (None, b"", b"not zlib", zlib.compress(b"\x09future format"), good[:-3],
+                   zlib.compress(zlib.decompress(good)[:-4])):  # missing, unknown, damaged, cut short
+        length, ids, counts = bodyterms.from_bytes(broken)
+        assert length == 0 and ids.size == 0 and counts.size == 0, broken
 
 
 def test_scores_rank_the_body_that_names_the_need():
