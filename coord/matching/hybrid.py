@@ -15,9 +15,10 @@ One request in hybrid mode (`rank_agents`):
    anyway, and dropping the lookup changed no figure on either evaluation set (for keyword needs too);
 2. the need embedded (~6 ms on one core) and scored against the cached matrix of agent vectors
    (coord.matching.index.VECTORS; one index-only query checks it is current);
-3. the best POOL agents by cosine plus the cosine of every lexical candidate, and the BM25 of the need's
-   words in these candidates' instructions (coord.matching.bodyterms), fused (coord.matching.fusion, its
-   weights chosen by the need's length); a candidate with no lexical evidence must reach MIN_COSINE
+3. the best POOL agents by cosine plus the cosine of every lexical candidate (and, for a keyword need,
+   of the BODY_POOL agents whose instructions name it best), with the BM25 of the need's words in each
+   candidate's instructions (coord.matching.bodyterms), fused (coord.matching.fusion, its weights chosen
+   by the need's length); a candidate with no lexical evidence must reach MIN_COSINE
    (SHORT_NEED_MIN_COSINE for a need of one or two content words);
 4. active agents only, busy ones lowered (lexical.finish), best `limit` first.
 Agents without a vector yet (just registered, model busy) still rank through their lexical evidence.
