@@ -76,24 +76,20 @@ def delegate(
         updated_at=now,
         max_attempts=settings.max_task_attempts,
     )
+    found: sqlite_queue.Delegated | pg_queue.Delegated | None = None
     if db.dialect == "sqlite":  # the common case as plain statements (see sqlite_queue)
         found = sqlite_queue.delegate(
             db, row, JOB_DISPATCH, settings.outbox_max_attempts, coalesce=settings.dispatch == "queue"
         )
+    elif db.dialect == "postgresql":  # the same, one statement (see pg_queue)
+        found = pg_queue.delegate(db, row, JOB_DISPATCH, settings.outbox_max_attempts)
+    if found is not None:
         if found.from_status != "active":
             raise inactive_agent(from_agent, found.from_status, "delegating agent")
         if found.existing is not None:
             return _replayed(task_id, found.existing, from_agent, to_agent, digest), []
         if found.outbox_id is not None:
             return DelegationResult("delegated", task_id, to_agent), [found.outbox_id] if found.ring else []
-    elif db.dialect == "postgresql":  # the same, one statement (see pg_queue)
-        found = pg_queue.delegate(db, row, JOB_DISPATCH, settings.outbox_max_attempts)
-        if found.from_status != "active":
-            raise inactive_agent(from_agent, found.from_status, "delegating agent")
-        if found.existing is not None:
-            return _replayed(task_id, found.existing, from_agent, to_agent, digest), []
-        if found.outbox_id is not None:
-            return DelegationResult("delegated", task_id, to_agent), [found.outbox_id]
     with db.session() as session:  # a target that is missing, a replay that raced its original
         return _delegate(session, db.backend, settings, row, now)
 

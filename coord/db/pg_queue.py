@@ -128,6 +128,7 @@ class Delegated(NamedTuple):
     from_status: str | None
     to_status: str | None
     existing: tuple[str, str, str] | None
+    ring: bool = True  # every delegation rings its own bell here (sqlite_queue may coalesce them)
 
 
 def _jsonb(value: Any) -> Any:
