@@ -126,10 +126,11 @@ class BodyIndex:
     row_counts: list[Any]  # per row: np.float32 counts, same order
     lengths: Any  # np.float32 (rows,): words counted per row
     postings: dict[int, tuple[Any, Any]]  # term id -> (np.int32 rows, np.float32 counts)
+    norm: Any  # np.float32 (rows,): BM25's length normalisation of each row, K1 * (1 - B + B * len / avg)
 
     @classmethod
     def build(cls, bags: Sequence[Bag]) -> BodyIndex:
-        return cls([], [], np.zeros(0, np.float32), {}).updated({}, bags)
+        return cls([], [], np.zeros(0, np.float32), {}, np.zeros(0, np.float32)).updated({}, bags)
 
     def updated(self, replaced: dict[int, Bag], added: Sequence[Bag]) -> BodyIndex:
         """This index with rows replaced and rows appended."""
@@ -156,7 +157,10 @@ class BodyIndex:
                 for term, count in zip(row_terms[row].tolist(), row_counts[row].tolist(), strict=True):
                     rows, counts = postings.get(term, (_NO_ROWS, _NO_COUNTS))
                     postings[term] = (np.append(rows, np.int32(row)), np.append(counts, np.float32(count)))
-        return BodyIndex(row_terms, row_counts, np.array(lengths, dtype=np.float32), postings)
+        arr = np.array(lengths, dtype=np.float32)
+        with_body = arr[arr > 0]
+        norm = K1 * (1.0 - B + B * arr / (float(with_body.mean()) if with_body.size else 1.0))
+        return BodyIndex(row_terms, row_counts, arr, postings, norm)
 
     def scores(self, query: str) -> Any:
         """BM25 of the query's words in every row's bag (np.float32, 0 where none occurs), or None when
@@ -166,12 +170,10 @@ class BodyIndex:
         if not present:
             return None
         n = len(self.lengths)
-        with_body = self.lengths[self.lengths > 0]
-        norm = K1 * (1.0 - B + B * self.lengths / float(with_body.mean()))
         out = np.zeros(n, dtype=np.float32)
         for rows, counts in present:
             idf = np.log1p((n - rows.size + 0.5) / (rows.size + 0.5))
-            out[rows] += idf * counts * (K1 + 1.0) / (counts + norm[rows])
+            out[rows] += idf * counts * (K1 + 1.0) / (counts + self.norm[rows])
         return out
 
 
