@@ -135,10 +135,10 @@ def rank_agents(
     body = []
     for agent_id, cosine in semantic:
         why.setdefault(agent_id, []).append(f"semantic:{cosine:.2f}")
-        words = float(in_body[vectors.row_of[agent_id]]) if in_body is not None else 0.0
-        if words > 0:
-            body.append((agent_id, words))
-            why[agent_id].append(f"instructions:{words:.2f}")
+        said = float(in_body[vectors.row_of[agent_id]]) if in_body is not None else 0.0
+        if said > 0:
+            body.append((agent_id, said))
+            why[agent_id].append(f"instructions:{said:.2f}")
     fused = fuse(list(scores.items()), semantic, weights=weights_for_query(need), body=body)
     return finish(session, dict(fused), why, limit)
 
