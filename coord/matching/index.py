@@ -163,20 +163,37 @@ def enqueue_embed(session: Session, backend: Any, *, now: datetime) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _has_vector(model_id: str) -> Any:
+    """EXISTS a readable vector of `model_id` for the agent: a blob of the wrong length (damaged, or written
+    by a broken build) counts as none, so the embed job replaces it instead of every cache skipping it."""
+    return exists().where(AgentEmbedding.agent_id == Agent.id, AgentEmbedding.model_id == model_id,
+                          func.length(AgentEmbedding.vector) == 4 * AgentEmbedding.dim)
+
+
 def _missing(session: Session, model_id: str, limit: int, after: str | None) -> list[str]:
     """Active agents without a vector for `model_id`, in id order, from just after `after`."""
-    has_vector = exists().where(AgentEmbedding.agent_id == Agent.id, AgentEmbedding.model_id == model_id)
+    has_vector = _has_vector(model_id)
     stmt = select(Agent.id).where(Agent.status == "active", ~has_vector).order_by(Agent.id)
     if after is not None:
         stmt = stmt.where(Agent.id > after)
     return list(session.scalars(stmt.limit(limit)))
 
 
-def _texts(session: Session, agent_ids: list[str]) -> dict[str, tuple[str, list[str], str]]:
-    """(description, tags, instructions) of the active agents among `agent_ids`."""
-    out = {a: (d or "", [], i or "") for a, d, i in session.execute(
-        select(Agent.id, Agent.description, Agent.instructions).where(Agent.id.in_(agent_ids),
-                                                                       Agent.status == "active"))}
+def _texts(session: Session, agent_ids: list[str], *, lock: bool = False) -> dict[str, tuple[str, list[str], str]]:
+    """(description, tags, instructions) of the active agents among `agent_ids`.
+
+    `lock` (the embed job's write transaction): the rows are locked, and rows an uncommitted registry
+    upsert holds are left out. On PostgreSQL that upsert could otherwise commit a new text between this
+    read and the job's commit; its own hook, having seen no vector yet, queued a job that would then find
+    the agent embedded, and the stale vector or word bag would stay. Left out, the agent is embedded by
+    that queued job; locked first, the upsert waits and its hook sees the job's vector. SQLite serializes
+    writers, and ignores the clause.
+    """
+    stmt = select(Agent.id, Agent.description, Agent.instructions).where(Agent.id.in_(agent_ids),
+                                                                         Agent.status == "active")
+    if lock:
+        stmt = stmt.order_by(Agent.id).with_for_update(skip_locked=True)
+    out = {a: (d or "", [], i or "") for a, d, i in session.execute(stmt)}
     for agent_id, tag in session.execute(select(AgentExpertise.agent_id, AgentExpertise.tag)
                                          .where(AgentExpertise.agent_id.in_(list(out)))
                                          .order_by(AgentExpertise.agent_id, AgentExpertise.tag)):
@@ -230,7 +247,7 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
         hashes = {n: text_hash(n, texts[n][0], texts[n][1]) for n in names}
         vectors = emb.embed_agents(embedder, [(n, texts[n][0], sorted(texts[n][1])) for n in names])
         with db.session() as s:
-            current = _texts(s, names)  # re-read under the write transaction: store only what is still true
+            current = _texts(s, names, lock=True)  # re-read, locked: store only what is still true
             rows = []
             stamp = now()
             for name, vec in zip(names, vectors, strict=True):
@@ -282,7 +299,7 @@ def backfill(session: Session, backend: Any, settings: Any, now: datetime) -> di
     model_id = installed_model_id_for(settings) if semantic_wanted(settings) else None
     if model_id is None:
         return {"skipped": "lexical matching"}
-    has_vector = exists().where(AgentEmbedding.agent_id == Agent.id, AgentEmbedding.model_id == model_id)
+    has_vector = _has_vector(model_id)
     missing = session.scalar(select(func.count()).select_from(Agent).where(Agent.status == "active", ~has_vector))
     if not missing:
         return {"missing": 0}
@@ -306,8 +323,7 @@ def coverage(session: Session, model_id: str) -> tuple[int, int]:
     """(active agents with a vector for `model_id`, active agents)."""
     active = session.scalar(select(func.count()).select_from(Agent).where(Agent.status == "active")) or 0
     embedded = session.scalar(
-        select(func.count()).select_from(AgentEmbedding).join(Agent, Agent.id == AgentEmbedding.agent_id)
-        .where(AgentEmbedding.model_id == model_id, Agent.status == "active")) or 0
+        select(func.count()).select_from(Agent).where(Agent.status == "active", _has_vector(model_id))) or 0
     return int(embedded), int(active)
 
 
@@ -359,11 +375,11 @@ class VectorCache:
         elif cached is not None and cached.version[1] is not None and latest is not None:
             fresh = self._merged(session, cached, model_id, dim, version, now)
         if fresh is None:
-            rows = session.execute(
+            rows = _readable(session.execute(
                 select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms)
                 .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
                 .order_by(AgentEmbedding.agent_id)
-            ).all()
+            ).all(), dim)
             ids = [r[0] for r in rows]
             fresh = Vectors(version, ids, {a: i for i, a in enumerate(ids)},
                             emb.stack_from_bytes([bytes(r[1]) for r in rows], dim),
@@ -381,6 +397,8 @@ class VectorCache:
             .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim,
                    AgentEmbedding.updated_at > cached.version[1])
         ).all()
+        if len(_readable(rows, dim)) != len(rows):
+            return None
         ids, row_of = list(cached.ids), dict(cached.row_of)
         replaced, added = [], []
         replaced_bags, added_bags = {}, []
@@ -412,6 +430,16 @@ class VectorCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def _readable(rows: list[Any], dim: int) -> list[Any]:
+    """The rows whose vector blob holds `dim` floats. A damaged one is left out (its agent ranks by words
+    until the embed job, which counts it as missing, replaces it): one bad row must not stop all ranking."""
+    good = [r for r in rows if len(r[1]) == 4 * dim]
+    if len(good) != len(rows):
+        log.warning("matching.vectors_unreadable", dim=dim,
+                    agents=[r[0] for r in rows if len(r[1]) != 4 * dim][:10], count=len(rows) - len(good))
+    return good
 
 
 VECTORS = VectorCache()

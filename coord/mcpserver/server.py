@@ -15,6 +15,7 @@ from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.resources import FunctionResource
 
 from coord.errors import CoordError
+from coord.matching.hybrid import warm_up
 from coord.mcpserver.tools import Caller, build_tools, error_text
 from coord.states import TASK_OPEN
 
@@ -46,6 +47,7 @@ def build_server(coordinator: Any, agent: str, *, log_level: str = "WARNING") ->
     )
     for resource in _resources(caller):
         app.add_resource(resource)
+    warm_up(coordinator.db, coordinator.settings)  # the first request_collaboration need not load the model
     return app
 
 

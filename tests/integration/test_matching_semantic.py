@@ -244,6 +244,86 @@ def test_backfill_enqueues_once_for_agents_without_vectors(c: Coordinator, fake:
         assert job.run(s, c.db.backend, c.settings, c.now()) == {"missing": 0}
 
 
+def test_a_damaged_vector_is_skipped_by_ranking_and_made_again(c: Coordinator, fake: FakeEmbedder):
+    need = "screen readers for blind visitors"
+    assert c.find_experts(need)[0].agent_id == "a11y-auditor"
+    with c.db.session() as s:  # a torn write, a restore from a broken dump: 5 bytes where 256 belong
+        s.execute(AgentEmbedding.__table__.update().where(AgentEmbedding.agent_id == "mail-doctor")
+                  .values(vector=b"\x00" * 5, updated_at=c.now()))
+    index.VECTORS.clear()
+    # Ranking goes on: the damaged agent by its words only, the others by meaning too.
+    assert c.find_experts(need)[0].agent_id == "a11y-auditor"
+    assert ids(c.find_experts("DKIM records"))[0] == "mail-doctor"
+    assert "semantic" not in " ".join(c.find_experts("DKIM records")[0].why)
+    assert status.collect(c.settings, c.db)["matching"].endswith("3/4 agents embedded)")
+    with c.db.session() as s:  # the backfill counts it as missing and the embed job replaces it
+        found = JOBS["embed_backfill"].run(s, c.db.backend, c.settings, c.now())
+    assert found["missing"] == 1
+    c.bell.ring(found["ring"])
+    assert len(vectors(c)) == 4
+    assert "semantic" in " ".join(c.find_experts("DKIM records")[0].why)
+    assert c.find_experts("mail landing in spam")[0].agent_id == "mail-doctor"  # by meaning again
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("change", ["description", "instructions"])
+def test_an_edit_committing_while_the_embed_job_writes_is_not_lost(db_url: str, c: Coordinator,
+                                                                   fake: FakeEmbedder, change: str):
+    """PostgreSQL: a registry upsert holds the agent's row while the embed job stores that agent's vector.
+    The job must not store the text it read before that edit (the edit's own embed job would find the
+    agent embedded and leave the stale vector or word bag for good)."""
+    import dataclasses
+    import threading
+
+    from coord.registry import AgentSpec, upsert_agent
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(c, "_ring", lambda ids: None)  # jobs run here, by hand
+    try:
+        c.register_agent("stream-keeper", "Runs the event pipelines", expertise=["pipelines"],
+                         instructions="You operate message queues.")
+        edit = {"description": "Runs the event pipelines and Kafka brokers", "instructions": "You rebalance Kafka."}
+        spec = AgentSpec(name="stream-keeper", description="Runs the event pipelines", expertise=["pipelines"],
+                         instructions="You operate message queues.")
+        spec = dataclasses.replace(spec, **{change: edit[change]})
+        reports = []
+        with c.db.session() as s:
+            upsert_agent(s, c.db.backend, spec, now=c.now())
+            s.flush()  # the edit holds the row, not committed yet
+            job = threading.Thread(target=lambda: reports.append(index.embed_pending(c.db, fake)))
+            job.start()
+            job.join(timeout=30)
+            assert not job.is_alive(), "the embed job waited for the open edit"
+        assert reports[0].skipped == 1 and "stream-keeper" not in vectors(c)
+        run_embed_jobs(c)  # the job the edit queued
+    finally:
+        monkeypatch.undo()
+    with c.db.reader() as s:
+        text_hash, terms = s.execute(select(AgentEmbedding.text_hash, AgentEmbedding.terms)
+                                     .where(AgentEmbedding.agent_id == "stream-keeper")).one()
+    assert text_hash == index.text_hash("stream-keeper", spec.description, c.get_agent("stream-keeper").expertise)
+    assert bytes(terms) == index.terms_blob(spec.instructions)
+
+
+def test_warm_up_loads_the_model_and_vectors_before_the_first_request(c: Coordinator, fake: FakeEmbedder,
+                                                                       monkeypatch, capsys):
+    index.VECTORS.clear()
+    thread = hybrid.warm_up(c.db, c.settings)
+    thread.join(timeout=30)
+    with c.db.reader() as s:
+        key = (s.get_bind().engine.url.render_as_string(hide_password=True), fake.model_id)
+    assert len(index.VECTORS._entries[key].ids) == 4  # the first request finds them loaded
+    assert hybrid.warm_up(c.db, c.settings.model_copy(update={"matching": "lexical"})) is None
+    # A failure is logged and leaves the process as it was: the first request loads what it needs.
+    index.VECTORS.clear()
+    with monkeypatch.context() as m:
+        m.setattr(index.VECTORS, "get", lambda *a: (_ for _ in ()).throw(OSError("disk I/O error")))
+        hybrid.warm_up(c.db, c.settings).join(timeout=30)
+    out = capsys.readouterr()
+    assert "matching.warm_up_failed" in out.out + out.err and "disk I/O error" in out.out + out.err
+    assert c.find_experts("DKIM records")[0].agent_id == "mail-doctor"
+
+
 def test_status_names_the_mode(c: Coordinator, fake: FakeEmbedder, monkeypatch):
     report = status.collect(c.settings, c.db)
     assert report["matching"] == f"hybrid (model {fake.model_id}, 4/4 agents embedded)"
