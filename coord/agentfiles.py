@@ -10,6 +10,8 @@ ruamel's round-trip mode instead, which keeps values and comments but not every 
 Frontmatter that the parser could only read leniently (not valid YAML) is never edited: re-emitting it
 would "fix" the user's file behind their back, so render_agent refuses with reason `lenient_frontmatter`.
 Such an agent still renders to its exact bytes, and a new body keeps the frontmatter bytes as they are.
+A file read only once its leading blank lines and indentation were removed renders to its exact bytes
+and is never edited at all (reason `indented_file`).
 
 Parsing and validation are in coord.agentparse and the expertise-tag rules in coord.agenttags; their public
 names are re-exported here, where callers import them.
@@ -32,6 +34,7 @@ from ruamel.yaml.scalarstring import SingleQuotedScalarString as SingleQuoted
 from coord import fsutil
 from coord.agentparse import (
     _ATTR_TO_KEY,
+    INDENTED_REASON,
     KNOWN_FIELDS,
     LENIENT_REASON,
     MAX_AGENT_BYTES,
@@ -245,6 +248,13 @@ def render_agent(agent: AgentFile) -> str:
         text = "---\n" + _dump(_fresh_frontmatter(agent), "\n") + "---\n" + body
     else:
         changes = _changes(agent, rt)
+        if rt.indented_text is not None:
+            if changes or agent.body != rt.original["body"]:
+                raise _fail(INDENTED_REASON, agent.path, "coord will not edit this agent file ("
+                            f"{', '.join(sorted(changes)) or 'body'}): it is indented or starts with blank lines "
+                            "and was only read with those removed. Make '---' its first line, then re-read it",
+                            fields=sorted(changes), warnings=[m for _, m in agent.warnings])
+            return rt.indented_text
         if changes and rt.lenient:
             # Re-emitting the frontmatter would silently "fix" the user's file (and could change what
             # Claude Code reads): the user makes it valid YAML, then coord can edit it.
@@ -307,6 +317,7 @@ def write_agent_file(path: Path, agent: AgentFile, *, overwrite: bool = False) -
 __all__ = [
     "AgentFile",
     "AgentFileError",
+    "INDENTED_REASON",
     "KNOWN_FIELDS",
     "LENIENT_REASON",
     "MAX_AGENT_BYTES",

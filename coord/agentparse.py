@@ -7,15 +7,19 @@ coord.agentfiles.
 
 Frontmatter that is not valid YAML only because a plain value holds `: ` (`description: ... Triggers on:
 'x', 'y'`), a case Claude Code itself loads, is read leniently as top-level `key: value` lines instead: the
-agent is registered, `AgentFile.warnings` says so, and the writer refuses to edit that frontmatter.
+agent is registered, `AgentFile.warnings` says so, and the writer refuses to edit that frontmatter. In the
+same way a file whose fence is only pushed off line 1 by leading blank lines or a uniform indentation (a
+file pasted inside a code block) is read with those removed, with a warning, and never edited.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import stat
+import textwrap
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,8 @@ MAX_NAME_LENGTH = 64
 NAME_RE = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
 # Warning and error reason for a frontmatter read by the lenient fallback.
 LENIENT_REASON = "lenient_frontmatter"
+# Warning and error reason for a file read with its leading blank lines and indentation removed.
+INDENTED_REASON = "indented_file"
 
 # Frontmatter key -> AgentFile attribute, in the order new files list them.
 KNOWN_FIELDS = {"name": "name", "description": "description", "tools": "tools",
@@ -76,6 +82,9 @@ class _RoundTrip:
     data: CommentedMap
     original: dict[str, Any]
     lenient: bool = False  # the frontmatter is not valid YAML: the writer must not edit it
+    # The file as it is, when it was read with its leading blank lines and indentation removed: the writer
+    # gives it back unchanged and refuses any edit.
+    indented_text: str | None = None
 
 
 @dataclass
@@ -315,6 +324,9 @@ def parse_agent_text(text: str, path: Path | None = None, *, roundtrip: bool = T
     opened = _OPEN_FENCE_RE.match(rest)
     closed = _CLOSE_FENCE_RE.search(rest, opened.end()) if opened else None
     if not opened:
+        unindented = _unindented(rest)
+        if unindented is not None:
+            return _read_unindented(text, bom + unindented, path, roundtrip)
         raise _fail("missing_frontmatter", path, "the file must start with YAML frontmatter between two "
                     "'---' lines (name and description); line 1 is not '---'", line=1)
     if not closed:
@@ -384,6 +396,28 @@ def parse_agent_text(text: str, path: Path | None = None, *, roundtrip: bool = T
     original = copy.deepcopy({attr: getattr(agent, attr) for attr in tracked})
     agent._rt = _RoundTrip(bom, opened.group(), frontmatter, closed.group(), newline, data, original,
                            lenient=bool(warnings))
+    return agent
+
+
+def _unindented(text: str) -> str | None:
+    """`text` without its leading blank lines and common indentation, when that is what keeps it from
+    starting with the '---' fence (a file pasted inside a code block or an indented list); else None."""
+    lines = text.splitlines(keepends=True)
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    unindented = textwrap.dedent("".join(lines))
+    return unindented if unindented != text and _OPEN_FENCE_RE.match(unindented) else None
+
+
+def _read_unindented(text: str, unindented: str, path: Path | None, roundtrip: bool) -> AgentFile:
+    """The agent of a file that only reads once unindented, with a warning; the writer will not edit it."""
+    agent = parse_agent_text(unindented, path, roundtrip=roundtrip)
+    agent.content_hash = fsutil.sha256_bytes(text.encode("utf-8"))
+    agent.warnings.insert(0, (INDENTED_REASON, f"{_where(path)}: the file starts with blank lines or is indented, "
+                              "so it was read with those removed; Claude Code reads an agent file only when its "
+                              "first line is '---': remove the indentation, and coord can then edit it too"))
+    if agent._rt is not None:
+        agent._rt = dataclasses.replace(agent._rt, indented_text=text)
     return agent
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from coord.agentfiles import (
+    INDENTED_REASON,
     LENIENT_REASON,
     AgentFileError,
     agent_path,
@@ -25,6 +26,7 @@ from coord.agentfiles import (
 )
 from coord.agentscan import read_file
 from coord.errors import FileFormatError, InvalidInput
+from coord.fsutil import sha256_bytes
 
 # "Triggers on: '...'" inside an unquoted description: invalid YAML (a second `: ` in a plain scalar), but a
 # file Claude Code loads.
@@ -258,3 +260,48 @@ def test_second_collection_parses_when_present():
         assert render_agent(agent).encode("utf-8") == path.read_bytes(), path
     print(f"{len(files) - len(failed)}/{len(files)} parse")
     assert files and not failed, failed
+
+
+# ---- indented files -------------------------------------------------------------------------------------
+
+INDENTED = ("\n    ---\n    name: queue-keeper\n    description: Runs the message queues. \n    model: sonnet\n"
+            "    ---\n    \n    ## Focus Areas\n    - Dead letter queues\n        - nested item\n")
+
+
+@pytest.mark.parametrize("variant", ["lf", "crlf", "tabs"])
+def test_an_indented_file_is_read_with_a_warning_and_never_edited(tmp_path, variant):
+    text = INDENTED.replace("\n", "\r\n") if variant == "crlf" else INDENTED
+    text = text.replace("    ", "\t") if variant == "tabs" else text
+    path = _write(tmp_path, text)
+    agent = read_agent_file(path)
+    newline = "\r\n" if variant == "crlf" else "\n"
+    inner = "    " if variant != "tabs" else "\t"
+    assert agent.name == "queue-keeper" and agent.description == "Runs the message queues."
+    assert agent.model == "sonnet"
+    assert agent.body == newline.join(["", "## Focus Areas", "- Dead letter queues", f"{inner}- nested item", ""])
+    [(reason, message)] = agent.warnings
+    assert reason == INDENTED_REASON and str(path) in message and "first line is '---'" in message
+    assert agent.content_hash == sha256_bytes(text.encode())
+    quick = read_agent_file(path, roundtrip=False)
+    assert (quick.description, quick.body, quick.warnings) == (agent.description, agent.body, agent.warnings)
+    # Unchanged, it renders and writes back byte for byte; any edit is refused and leaves it as it is.
+    assert render_agent(agent) == text
+    for edit in (lambda a: set_field(a, "description", "Other"), lambda a: setattr(a, "body", "new\n") or a):
+        with pytest.raises(AgentFileError) as err:
+            write_agent_file(path, edit(read_agent_file(path)))
+        assert err.value.reason == INDENTED_REASON and "Make '---' its first line" in err.value.message
+    assert path.read_bytes() == text.encode()
+    # Folder sync registers it, and its warning is reported.
+    scan = read_file(str(path), str(tmp_path), 256 * 1024)
+    assert scan.error is None and scan.name == "queue-keeper"
+
+
+@pytest.mark.parametrize("text", [
+    "    # notes\n    ---\n    name: x\n    description: y\n    ---\n",  # something before the fence
+    "\n\n# Title\n\n---\nname: x\ndescription: y\n---\n",  # the fence is not the first line
+    "  ---\n  name: x\n description: y\n  ---\n",  # not a uniform indentation: YAML refuses it
+])
+def test_indentation_is_only_removed_when_it_alone_hides_the_fence(text):
+    with pytest.raises(AgentFileError) as err:
+        parse_agent_text(text)
+    assert err.value.reason in ("missing_frontmatter", "invalid_yaml")
