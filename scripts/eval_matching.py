@@ -12,18 +12,21 @@ queued are run by the real job handler, and each need is ranked by coord.matchin
 - hybrid: `rank_agents(matching="auto")`, what collaboration requests and delegation fall-backs use.
 
 QUERIES.tsv: `need<TAB>acceptable agent names (comma-separated)[<TAB>paraphrase|keyword]` per line
-(default kind: paraphrase); `#` starts a comment line, and a first line `need<TAB>...` is a header.
+(default kind: paraphrase; `kw`, `paraphrased` and the like are read too); `#` starts a comment line, and
+a first line `need<TAB>...` is a header. Names may also be separated by `;`, `|` or spaces, and a name
+that is an agent's file name rather than its `name:` (`sql-pro.md`) counts as that agent.
 A need counts for top-1 when an acceptable agent ranks first, for top-3 when one is among the first
 three.
 
-Exits 2 when the folder or the file is missing; without the `semantic` extra only the lexical column
-is measured (the reason is printed).
+Exits 2 when the folder or the file is missing or a line of the file cannot be read (the line is named);
+without the `semantic` extra only the lexical column is measured (the reason is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -34,19 +37,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 KINDS = ("paraphrase", "keyword", "all")
 
 
+# The third column's spellings: anything else is refused, so a typo cannot quietly move a need to the other kind.
+KIND_NAMES = {"paraphrase": "paraphrase", "paraphrased": "paraphrase", "para": "paraphrase", "p": "paraphrase",
+              "natural": "paraphrase", "sentence": "paraphrase", "keyword": "keyword", "keywords": "keyword",
+              "kw": "keyword", "k": "keyword", "keyword-style": "keyword", "": "paraphrase"}
+_NAME_SPLIT = re.compile(r"[,;|\s]+")  # agent names hold none of these
+
+
+class BadQueries(ValueError):
+    """A line of the queries file cannot be read; the message names the file and line."""
+
+
 def load_queries(path: Path) -> list[tuple[str, set[str], str]]:
+    """(need, acceptable agent names, kind) per data line; BadQueries naming the line for a bad one."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadQueries(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        parts = line.split("\t")
-        if len(parts) < 2:
-            raise SystemExit(f"{path}:{n}: expected need<TAB>agent names[<TAB>kind], got {line[:60]!r}")
-        if n == 1 and parts[0].strip().lower() in ("need", "query", "needs", "queries"):
+        parts = [p.strip() for p in line.split("\t")]
+        if not out and parts[0].lower() in ("need", "query", "needs", "queries"):
             continue  # a header line
-        kind = "keyword" if len(parts) > 2 and parts[2].strip().lower().startswith("key") else "paraphrase"
-        out.append((parts[0].strip(), {a.strip() for a in parts[1].split(",") if a.strip()}, kind))
+        names = {a.removesuffix(".md") for a in _NAME_SPLIT.split(parts[1]) if a} if len(parts) > 1 else set()
+        if not parts[0] or not names:
+            raise BadQueries(f"{path}:{n}: expected need<TAB>acceptable agent names[<TAB>kind], got {line[:60]!r}")
+        kind = KIND_NAMES.get(parts[2].lower() if len(parts) > 2 else "")
+        if kind is None:
+            raise BadQueries(f"{path}:{n}: unknown kind {parts[2]!r}: use 'paraphrase' or 'keyword'")
+        out.append((parts[0], names, kind))
     return out
+
+
+def by_agent_name(queries: list[tuple[str, set[str], str]], known: set[str],
+                  by_stem: dict[str, str]) -> list[tuple[str, set[str], str]]:
+    """Acceptable names that are not agent names but name an agent's file (`sql-pro` for the agent `sql`
+    in sql-pro.md) are read as that agent, and said once."""
+    renamed = {n: by_stem[n] for _, ok, _ in queries for n in ok if n not in known and n in by_stem}
+    if renamed:
+        print(f"note: {len(renamed)} acceptable names are file names, read as their agents' names: "
+              + ", ".join(f"{a} -> {b}" for a, b in sorted(renamed.items())[:5]), file=sys.stderr)
+    return [(need, {renamed.get(n, n) for n in ok}, kind) for need, ok, kind in queries]
 
 
 def agent_folders(root: Path) -> list[Path]:
@@ -88,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.queries.is_file():
         print(f"queries file not found: {args.queries}", file=sys.stderr)
         return 2
-    queries = load_queries(args.queries)
+    try:
+        queries = load_queries(args.queries)
+    except BadQueries as exc:
+        print(f"cannot read the needs: {exc}", file=sys.stderr)
+        return 2
 
     from coord.logs import configure_logging
 
@@ -117,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         with db.reader() as s:
             from coord.registry import list_agents
 
-            known = {a.id for a in list_agents(s)}
+            agents = list_agents(s)
+        known = {a.id for a in agents}
         print(f"{len(known)} agents from {report.files} files in {len(folders)} folders "
               f"(sync {sync_s:.1f} s, {report.errors} files not synced); {len(queries)} needs")
+        queries = by_agent_name(queries, known, {Path(a.source_path).stem: a.id for a in agents if a.source_path})
         unknown = sorted({n for _, ok, _ in queries for n in ok} - known)
         if unknown:
             print(f"warning: {len(unknown)} acceptable names are not agents here: {', '.join(unknown[:5])}",
