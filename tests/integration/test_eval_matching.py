@@ -6,10 +6,13 @@ otherwise)."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from coord.matching import embedder as emb
 
@@ -32,6 +35,16 @@ QUERIES = (
     "make our site usable for blind people\taccessibility-auditor\tparaphrased\n"
     "our emails keep landing in spam\tdeliverability.md\n"  # a file name, and no kind: a paraphrase
 )
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """main() configures logging onto this test's captured stdout, which is closed after the test: later
+    tests in this process must not log into it."""
+    saved, handlers = structlog.get_config(), list(logging.root.handlers)
+    yield
+    structlog.configure(**saved)
+    logging.root.handlers[:] = handlers
 
 
 @pytest.fixture
