@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate expertise matching: top-1 / top-3 of lexical, semantic and hybrid ranking, side by side.
 
-    scripts/eval-matching AGENT_DIR QUERIES.tsv [--failures] [--json]
+    scripts/eval-matching AGENT_DIR QUERIES.tsv [--failures] [--json] [--plain]
 
 Runs coord's own code paths on a throw-away state directory: the agent files are synced into a fresh
 SQLite coordination DB by coord.sync (every folder under AGENT_DIR that holds *.md files is an agent
@@ -9,7 +9,9 @@ folder, in path order, so the first file of a repeated name wins), the `embed` o
 queued are run by the real job handler, and each need is ranked by coord.matching:
 - lexical: `rank_agents(matching="lexical")` (tags + FTS5, stopwords dropped from the text query);
 - semantic: `rank_semantic` (cosine of the need with each agent vector, nothing else);
-- hybrid: `rank_agents(matching="auto")`, what collaboration requests and delegation fall-backs use.
+- hybrid: `rank_agents(matching="auto")`, what collaboration requests and delegation fall-backs use;
+- with --plain, also `plain`: the cosine of the need with each agent's description embedded whole (the
+  usual baseline for a sentence-embedding model, outside coord's ranking).
 
 QUERIES.tsv: `need<TAB>acceptable agent names (comma-separated)[<TAB>paraphrase|keyword]` per line
 (default kind: paraphrase; `kw`, `paraphrased` and the like are read too); `#` starts a comment line, and
@@ -30,7 +32,9 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,6 +86,20 @@ def by_agent_name(queries: list[tuple[str, set[str], str]], known: set[str],
     return [(need, {renamed.get(n, n) for n in ok}, kind) for need, ok, kind in queries]
 
 
+def plain_cosine(embedder, agents) -> Callable[[object, str], list[SimpleNamespace]]:
+    """A ranker by the cosine of the need with each agent's description embedded whole, nothing else."""
+    import numpy as np
+
+    ids = [a.id for a in agents]
+    matrix = embedder.embed([a.description for a in agents])
+
+    def rank(_session: object, need: str) -> list[SimpleNamespace]:
+        scores = matrix @ embedder.embed([need])[0]
+        return [SimpleNamespace(agent_id=ids[i]) for i in np.argsort(-scores, kind="stable")[:5]]
+
+    return rank
+
+
 def agent_folders(root: Path) -> list[Path]:
     return sorted({p.parent for p in root.rglob("*.md") if p.is_file()})
 
@@ -114,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("queries", type=Path)
     ap.add_argument("--failures", action="store_true", help="list the needs hybrid misses in its top 3")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--plain", action="store_true",
+                    help="add a 'plain' column: the cosine of the need with each agent's description alone, "
+                         "the usual baseline (coord's own vectors also embed name and tags, sentence by sentence)")
     args = ap.parse_args(argv)
     if not args.agent_dir.is_dir():
         print(f"agent folder not found: {args.agent_dir}", file=sys.stderr)
@@ -182,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"embedded {embedded}/{active} agents ({embedder.model_id}) in {wall:.1f} s wall, {cpu:.1f} s CPU")
 
         rankers = {"lexical": lambda s, q: rank_agents(s, db.backend, q, limit=5, matching="lexical")}
+        if embedder is not None and args.plain:
+            rankers["plain"] = plain_cosine(embedder, agents)
         if embedder is not None:
             rankers["semantic"] = lambda s, q: rank_semantic(s, q, limit=5, matching="auto")
             rankers["hybrid"] = lambda s, q: rank_agents(s, db.backend, q, limit=5, matching="auto")

@@ -67,7 +67,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_figures_for_each_ranker_and_kind(agent_dir: Path, tmp_path: Path, capsys):
     queries = tmp_path / "needs.tsv"
     queries.write_text(QUERIES, encoding="utf-8")
-    code, out, err = run(capsys, agent_dir, queries, "--json")
+    code, out, err = run(capsys, agent_dir, queries, "--json", "--plain")
     assert code == 0, err
     assert "4 agents from 5 files in 3 folders" in out and "1 files not synced" in out
     assert "deliverability -> deliverability-expert" in err
@@ -80,6 +80,7 @@ def test_figures_for_each_ranker_and_kind(agent_dir: Path, tmp_path: Path, capsy
     # Neither paraphrase shares a content word with its agent: found by meaning, not by words.
     assert figures["lexical"]["paraphrase"]["top1"] == 0.0
     assert figures["semantic"]["paraphrase"]["top1"] == 100.0
+    assert figures["plain"]["all"]["n"] == 4 and list(figures) == ["lexical", "plain", "semantic", "hybrid"]
     assert figures["hybrid"]["paraphrase"]["top1"] == 100.0 and figures["hybrid"]["keyword"]["top1"] == 100.0
     # The table, and the misses listed by --failures (none for hybrid here).
     code, out, _ = run(capsys, agent_dir, queries, "--failures")
