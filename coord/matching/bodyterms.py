@@ -28,7 +28,7 @@ import zlib
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from coord.matching.fusion import STOPWORDS
@@ -45,7 +45,11 @@ MAX_TERMS = 2_000
 K1, B = 1.2, 0.75  # BM25's usual constants (FTS5's too)
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _HEADER = struct.Struct("<BII")  # format version, words counted, distinct terms
-_VERSION = 1
+# Version 2 stores the arrays as they are. Version 1 (coord before it) zlib-compressed them, which saved
+# little (hashed ids do not compress) and cost 28 us a bag to read: 0.28 s of a process's first request at
+# 10,000 agents. Version-1 bags are still read; a zlib stream starts with 0x78, which no version byte is.
+_VERSION = 2
+_ZLIB_VERSION = 1
 # A bag: (words counted, term ids, their counts). A term id is the first 8 bytes of the stem's BLAKE2b
 # (no vocabulary to share between processes; two stems of one collection colliding is a ~1e-10 event),
 # so a process loading 10,000 bags maps each straight into arrays: no Python object per word.
@@ -91,26 +95,66 @@ def to_bytes(text: str) -> bytes:
     if sys.byteorder != "little":
         ids.byteswap()
         counts.byteswap()
-    return zlib.compress(_HEADER.pack(_VERSION, len(words), len(kept)) + ids.tobytes() + counts.tobytes())
+    return _HEADER.pack(_VERSION, len(words), len(kept)) + ids.tobytes() + counts.tobytes()
 
 
 def from_bytes(blob: bytes | None) -> Bag:
     """A stored bag as arrays. An empty one for None (no instructions), a format this code does not know,
     or a damaged blob: the agent then ranks without body evidence, and ranking never fails over it."""
     try:
-        raw = zlib.decompress(blob) if blob else b""
-        if len(raw) >= _HEADER.size and raw[0] == _VERSION:
+        raw, version = bytes(blob or b""), _VERSION
+        if raw[:1] == b"\x78":
+            raw, version = zlib.decompress(raw), _ZLIB_VERSION
+        if len(raw) >= _HEADER.size and raw[0] == version:
             _, length, n = _HEADER.unpack_from(raw)
-            ids = np.frombuffer(raw, dtype="<u8", count=n, offset=_HEADER.size)
-            counts = np.frombuffer(raw, dtype="<u2", count=n, offset=_HEADER.size + 8 * n).astype(np.float32)
-            return length, ids, counts
-    except (zlib.error, ValueError):
+            if len(raw) == _HEADER.size + 10 * n:
+                ids = np.frombuffer(raw, dtype="<u8", count=n, offset=_HEADER.size)
+                counts = np.frombuffer(raw, dtype="<u2", count=n, offset=_HEADER.size + 8 * n).astype(np.float32)
+                return length, ids, counts
+    except zlib.error:
         pass
     return 0, np.zeros(0, np.uint64), np.zeros(0, np.float32)
 
 
-# An update touching more rows than this share of the index rebuilds the postings in one pass.
+# An update touching more rows than this share of the index rebuilds the postings in one pass, and so does
+# one that would leave more than OVERLAY_MAX terms changed since the last rebuild.
 REBUILD_SHARE = 0.05
+OVERLAY_MAX = 50_000
+
+
+@dataclass(frozen=True)
+class Postings:
+    """Term id -> (rows holding it, their counts), as one sorted array of term ids with a slice of `rows` and
+    `counts` each (built in one sort; no Python object per term: at 10,000 agents a dict of slices cost
+    0.18 s to build and ~80 MB), plus the terms that incremental updates changed since (`changed`)."""
+
+    terms: Any  # np.uint64, sorted, unique
+    starts: Any  # np.int64 (len(terms) + 1,): term i owns rows[starts[i]:starts[i + 1]]
+    rows: Any  # np.int32
+    counts: Any  # np.float32
+    changed: dict[int, tuple[Any, Any]]
+
+    @classmethod
+    def build(cls, row_terms: list[Any], row_counts: list[Any]) -> Postings:
+        terms_ = np.concatenate(row_terms) if row_terms else np.zeros(0, np.uint64)
+        counts = np.concatenate(row_counts) if row_counts else np.zeros(0, np.float32)
+        rows = np.repeat(np.arange(len(row_terms), dtype=np.int32), [t.size for t in row_terms])
+        if not terms_.size:
+            return cls(terms_, np.zeros(1, np.int64), rows, counts, {})
+        order = np.argsort(terms_, kind="stable")
+        terms_, rows, counts = terms_[order], rows[order], counts[order]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(terms_)) + 1, [terms_.size])).astype(np.int64)
+        return cls(terms_[starts[:-1]], starts, rows, counts, {})
+
+    def get(self, term: int) -> tuple[Any, Any]:
+        """(rows, counts) of `term`, empty arrays when no row holds it."""
+        hit = self.changed.get(term)
+        if hit is not None:
+            return hit
+        i = int(np.searchsorted(self.terms, np.uint64(term)))
+        if i < self.terms.size and int(self.terms[i]) == term:
+            return self.rows[self.starts[i]:self.starts[i + 1]], self.counts[self.starts[i]:self.starts[i + 1]]
+        return _NO_ROWS, _NO_COUNTS
 
 
 @dataclass(frozen=True)
@@ -125,12 +169,13 @@ class BodyIndex:
     row_terms: list[Any]  # per row: np.uint64 term ids
     row_counts: list[Any]  # per row: np.float32 counts, same order
     lengths: Any  # np.float32 (rows,): words counted per row
-    postings: dict[int, tuple[Any, Any]]  # term id -> (np.int32 rows, np.float32 counts)
+    postings: Postings
     norm: Any  # np.float32 (rows,): BM25's length normalisation of each row, K1 * (1 - B + B * len / avg)
 
     @classmethod
     def build(cls, bags: Sequence[Bag]) -> BodyIndex:
-        return cls([], [], np.zeros(0, np.float32), {}, np.zeros(0, np.float32)).updated({}, bags)
+        empty = Postings.build([], [])
+        return cls([], [], np.zeros(0, np.float32), empty, np.zeros(0, np.float32)).updated({}, bags)
 
     def updated(self, replaced: dict[int, Bag], added: Sequence[Bag]) -> BodyIndex:
         """This index with rows replaced and rows appended."""
@@ -145,18 +190,22 @@ class BodyIndex:
             row_counts.append(counts)
             lengths.append(length)
         changed = list(replaced) + list(range(first_added, len(row_terms)))
-        if len(changed) > REBUILD_SHARE * len(row_terms):
-            postings = _postings(row_terms, row_counts)
+        touched = sum(old[row].size for row in old) + sum(row_terms[row].size for row in changed)
+        if (len(changed) > REBUILD_SHARE * len(row_terms)
+                or len(self.postings.changed) + touched > OVERLAY_MAX):
+            postings = Postings.build(row_terms, row_counts)
         else:
-            postings = dict(self.postings)
+            overlay = dict(self.postings.changed)
+            current = replace(self.postings, changed=overlay)  # reads see the overlay as it grows
             for row in changed:
                 for term in old[row].tolist() if row in old else ():
-                    rows, counts = postings[term]
+                    rows, counts = current.get(term)
                     keep = rows != row
-                    postings[term] = (rows[keep], counts[keep])
+                    overlay[term] = (rows[keep], counts[keep])
                 for term, count in zip(row_terms[row].tolist(), row_counts[row].tolist(), strict=True):
-                    rows, counts = postings.get(term, (_NO_ROWS, _NO_COUNTS))
-                    postings[term] = (np.append(rows, np.int32(row)), np.append(counts, np.float32(count)))
+                    rows, counts = current.get(term)
+                    overlay[term] = (np.append(rows, np.int32(row)), np.append(counts, np.float32(count)))
+            postings = current
         arr = np.array(lengths, dtype=np.float32)
         with_body = arr[arr > 0]
         norm = K1 * (1.0 - B + B * arr / (float(with_body.mean()) if with_body.size else 1.0))
@@ -165,8 +214,7 @@ class BodyIndex:
     def scores(self, query: str) -> Any:
         """BM25 of the query's words in every row's bag (np.float32, 0 where none occurs), or None when
         no word of the query is in any bag."""
-        present = [self.postings[t] for t in set(terms(query, 64)) if t in self.postings]
-        present = [p for p in present if p[0].size]
+        present = [p for p in map(self.postings.get, set(terms(query, 64))) if p[0].size]
         if not present:
             return None
         n = len(self.lengths)
@@ -175,19 +223,3 @@ class BodyIndex:
             idf = np.log1p((n - rows.size + 0.5) / (rows.size + 0.5))
             out[rows] += idf * counts * (K1 + 1.0) / (counts + self.norm[rows])
         return out
-
-
-def _postings(row_terms: list[Any], row_counts: list[Any]) -> dict[int, tuple[Any, Any]]:
-    """Term id -> (rows, counts), built in one sort."""
-    terms_ = np.concatenate(row_terms) if row_terms else np.zeros(0, np.uint64)
-    if not terms_.size:
-        return {}
-    counts = np.concatenate(row_counts)
-    rows = np.repeat(np.arange(len(row_terms), dtype=np.int32), [t.size for t in row_terms])
-    order = np.argsort(terms_, kind="stable")
-    terms_, rows, counts = terms_[order], rows[order], counts[order]
-    cuts = np.flatnonzero(np.diff(terms_)) + 1
-    starts = np.concatenate(([0], cuts)).astype(np.int64)
-    ends = np.concatenate((cuts, [terms_.size])).astype(np.int64)
-    return {term: (rows[a:b], counts[a:b])
-            for term, a, b in zip(terms_[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)}
