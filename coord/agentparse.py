@@ -57,6 +57,8 @@ _LENIENT_KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):(?:[ \t]+(.*))?")
 # A value that opens YAML syntax (quoted, flow, block scalar, anchor, alias, tag) and still fails to parse is
 # broken YAML, not prose with a colon in it: the fallback refuses it rather than guess.
 _YAML_SYNTAX_START = tuple("\"'[{|>&*!")
+# ...except Markdown emphasis, which YAML reads as an alias: `description: **ARCHITECT**: Designs ...`.
+_EMPHASIS_RE = re.compile(r"(\*\*?)[^*\s][^*]*\1")
 # Claude Code's frontmatter fields (Claude Code docs, sub-agents page) and coord's `expertise`.
 _AGENT_FIELDS = frozenset({*KNOWN_FIELDS, "permissionMode", "maxTurns", "skills", "hooks", "memory", "background",
                            "isolation"})
@@ -251,7 +253,7 @@ def _lenient_value(key_line: str, key: str, first: str, rest: list[str], line: i
         loaded = None
     if isinstance(loaded, dict) and list(loaded) == [key]:
         return loaded[key]
-    if first.startswith(_YAML_SYNTAX_START):
+    if first.startswith(_YAML_SYNTAX_START) and not _EMPHASIS_RE.match(first):
         raise _NotLenient(line, f"the value of {key!r} starts YAML syntax ({first[0]!r}) that does not parse")
     texts = [text.strip() for text in rest]
     for offset, text in enumerate(texts, start=1):
@@ -274,8 +276,8 @@ def _lenient_frontmatter(frontmatter: str) -> dict[str, Any]:
     its line is the value, and the indented lines (or column-0 `- item` lines) after it continue it. Blank
     lines and column-0 `#` comments are skipped. Refused: any other column-0 line, including one before the
     first key; an indented line before the first key; a key given twice; a value that starts YAML syntax
-    (quote, `[`, `{`, `|`, `>`, `&`, `*`, `!`) but does not parse; an indented agent field such as `tools:`
-    inside a value.
+    (quote, `[`, `{`, `|`, `>`, `&`, `*`, `!`) but does not parse, unless it opens Markdown emphasis
+    (`**Architect**: ...`); an indented agent field such as `tools:` inside a value.
     """
     entries: list[tuple[int, str, str, str, list[str]]] = []  # line number, key line, key, value, continuation
     for number, line in enumerate(re.split(r"\r\n|\r|\n", frontmatter), start=2):  # line 1 is the fence

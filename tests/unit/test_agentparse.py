@@ -154,6 +154,7 @@ BROKEN = {
     "mis-indented tools": ("---\nname: x\ndescription: y: z\n  tools: Read\n---\n", "invalid_yaml", 3),
     "tab-indented tools": ("---\nname: x\ndescription: y: z\n\ttools: Read\n---\n", "invalid_yaml", 3),
     "colon without a space": ("---\nname: x\ndescription: y: z\nmodel:opus\n---\n", "invalid_yaml", 3),
+    "alias, not emphasis": ("---\nname: x\ndescription: *anchor: y\n---\n", "invalid_yaml", 3),
 }
 
 
@@ -168,6 +169,14 @@ def test_genuinely_broken_frontmatter_is_still_refused(tmp_path, case):
     assert path.read_bytes() == text.encode()
     scan = read_file(str(path), str(tmp_path), 256 * 1024)  # sync reports it and registers nothing
     assert scan.error is not None and scan.error[0] == reason and scan.name is None
+
+
+@pytest.mark.parametrize("description", ["**TECHNICAL DESIGN SPECIALIST**: Designs systems from PRDs.",
+                                         "*Architect*: designs systems", "**Note:** designs systems"])
+def test_markdown_emphasis_opening_a_value_is_prose(description):
+    agent = parse_agent_text(f"---\nname: architect\ndescription: {description}\ntools: Read, Grep\n---\nBody\n")
+    assert agent.description == description and agent.tools == ["Read", "Grep"]
+    assert agent.warnings[0][0] == LENIENT_REASON
 
 
 def test_misplaced_lines_are_named_when_yaml_reports_another_line():
