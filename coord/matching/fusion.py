@@ -115,6 +115,10 @@ so ranked as a sentence), leaves VoltAgent-2's top 3 from 0.15 on (keyword top-3
 not kept this round: BM25 scaled by the share of the need's words a body holds (Lucene's old coord factor;
 for keyword needs only or for all: no gain, a keyword need lost), and counting a need's distinct words
 only (so "end-to-end" counts once; that need then ranks worse with keyword weights).
+A fifth set, scripts/eval-queries-rshah515.tsv (70 paraphrased + 20 keyword needs over the 165 agents of
+rshah515/claude-code-subagents, written the same way), was measured only once these weights were fixed:
+hybrid 57.1 / 75.7 paraphrased, 90 / 95 keyword (lexical 15.7 / 30.0, description cosine 45.7 / 62.9).
+Keyword body weights 0.25 and 0.5, checked on all five sets afterwards, gained nothing there.
 
 Ties are broken by agent id, so the order is deterministic.
 """
