@@ -125,8 +125,9 @@ OVERLAY_MAX = 50_000
 @dataclass(frozen=True)
 class Postings:
     """Term id -> (rows holding it, their counts), as one sorted array of term ids with a slice of `rows` and
-    `counts` each (built in one sort; no Python object per term: at 10,000 agents a dict of slices cost
-    0.18 s to build and ~80 MB), plus the terms that incremental updates changed since (`changed`)."""
+    `counts` each (built in one sort, no Python object per term: for 10,000 bags of 600 terms over a
+    380,000-term vocabulary a dict of slices took 0.9 s and 167 MB, this 0.5 s and 32 MB), plus the terms
+    incremental updates changed since (`changed`)."""
 
     terms: Any  # np.uint64, sorted, unique
     starts: Any  # np.int64 (len(terms) + 1,): term i owns rows[starts[i]:starts[i + 1]]
