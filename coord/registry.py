@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,7 +10,8 @@ from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from coord.agentfiles import derive_expertise, normalize_tag, validate_agent_name
+from coord import fsutil
+from coord.agentfiles import MAX_AGENT_BYTES, derive_expertise, normalize_tag, validate_agent_name
 from coord.db.backend import Backend
 from coord.db.models import Agent, AgentExpertise, AgentHistory, Task
 from coord.errors import InvalidInput, NotFound
@@ -19,7 +19,7 @@ from coord.matching import index as embeddings
 from coord.results import AgentInfo
 
 MAX_DESCRIPTION = 20_000
-MAX_INSTRUCTIONS = 256 * 1024
+MAX_INSTRUCTIONS = MAX_AGENT_BYTES  # what a file's body can hold at most
 AGENTS = Agent.__table__
 
 
@@ -65,7 +65,7 @@ def _snapshot(agent: Agent, tags: list[str]) -> dict[str, Any]:
         "source_path": agent.source_path,
         "content_hash": agent.content_hash,
         # A digest, not the text: history keeps one row per change, and a body can be 256 KiB.
-        "instructions_sha256": hashlib.sha256((agent.instructions or "").encode("utf-8")).hexdigest(),
+        "instructions_sha256": fsutil.sha256_bytes((agent.instructions or "").encode("utf-8")),
     }
 
 

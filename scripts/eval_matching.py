@@ -88,14 +88,14 @@ def by_agent_name(queries: list[tuple[str, set[str], str]], known: set[str],
 
 def plain_cosine(embedder, agents) -> Callable[[object, str], list[SimpleNamespace]]:
     """A ranker by the cosine of the need with each agent's description embedded whole, nothing else."""
-    import numpy as np
+    from coord.matching.embedder import cosine_scores, top_k
 
     ids = [a.id for a in agents]
     matrix = embedder.embed([a.description for a in agents])
 
     def rank(_session: object, need: str) -> list[SimpleNamespace]:
-        scores = matrix @ embedder.embed([need])[0]
-        return [SimpleNamespace(agent_id=ids[i]) for i in np.argsort(-scores, kind="stable")[:5]]
+        scores = cosine_scores(matrix, embedder.embed([need])[0])
+        return [SimpleNamespace(agent_id=agent_id) for agent_id, _ in top_k(scores, ids, 5)]
 
     return rank
 

@@ -397,8 +397,8 @@ class VectorCache:
             .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim,
                    AgentEmbedding.updated_at > cached.version[1])
         ).all()
-        if len(_readable(rows, dim)) != len(rows):
-            return None
+        if any(len(r[1]) != 4 * dim for r in rows):
+            return None  # a damaged blob: the full read leaves it out (and says so)
         ids, row_of = list(cached.ids), dict(cached.row_of)
         replaced, added = [], []
         replaced_bags, added_bags = {}, []
