@@ -129,8 +129,8 @@ def build_registry(state: Path, base, n: int):
     with base.db.reader() as s:
         agents = s.execute(select(Agent.id, Agent.description, Agent.instructions).where(Agent.status == "active")
                            .order_by(Agent.id)).all()
-        vecs = {r[0]: (r[1], r[2]) for r in s.execute(
-            select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms))}
+        vecs = {r[0]: (r[1], r[2], r[3]) for r in s.execute(
+            select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms, AgentEmbedding.body_vector))}
         model_id = s.scalar(select(AgentEmbedding.model_id).limit(1))
     c = Coordinator(settings_for(state))
     rng = np.random.default_rng(n)
@@ -144,13 +144,13 @@ def build_registry(state: Path, base, n: int):
         s.execute(OutboxJob.__table__.delete())  # the vectors come from the base registry instead
         rows = []
         for i, (agent_id,) in enumerate(s.execute(select(Agent.id).order_by(Agent.id))):
-            base_id = agents[i % len(agents)][0]
+            base_id, desc, body = agents[i % len(agents)]
             v = emb.from_bytes(vecs[base_id][0], emb.DIM) + rng.normal(0, 0.01, emb.DIM).astype(np.float32)
             tags = list(s.scalars(select(AgentExpertise.tag).where(AgentExpertise.agent_id == agent_id)))
-            desc = agents[i % len(agents)][1]
             rows.append({"agent_id": agent_id, "model_id": model_id, "dim": emb.DIM, "updated_at": utcnow(),
-                         "text_hash": index.text_hash(agent_id, desc, tags),
-                         "vector": emb.to_bytes(v / np.linalg.norm(v)), "terms": vecs[base_id][1]})
+                         "text_hash": index.text_hash(agent_id, desc, tags, body),
+                         "vector": emb.to_bytes(v / np.linalg.norm(v)), "terms": vecs[base_id][1],
+                         "body_vector": vecs[base_id][2]})
         s.execute(AgentEmbedding.__table__.insert(), rows)
     return c
 

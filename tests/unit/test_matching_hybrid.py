@@ -63,3 +63,7 @@ def test_text_hash_ignores_tag_order_but_not_text():
     assert text_hash("ops-agent", "Runs deployments.", ["helm", "kubernetes"]) == base
     assert text_hash("ops-agent", "Runs deployments safely.", ["helm", "kubernetes"]) != base
     assert text_hash("ops-agent2", "Runs deployments.", ["helm", "kubernetes"]) != base
+    plain = text_hash("ops-agent", "Runs deployments.", ["helm"])
+    assert text_hash("ops-agent", "Runs deployments.", ["helm"], "") == plain
+    # a row holds the instructions' vector and word bag too
+    assert text_hash("ops-agent", "Runs deployments.", ["helm"], "You roll back.") != plain
