@@ -99,7 +99,7 @@ You fix authentication records before anything else.
 
 def test_instruction_segments_are_bounded():
     long = " ".join(f"w{i}" for i in range(500))
-    assert emb.instruction_segments(long) == [" ".join(f"w{i}" for i in range(60))]
+    assert emb.instruction_segments(long) == [" ".join(f"w{i}" for i in range(emb.INSTRUCTION_SEGMENT_WORDS[1]))]
     many = "\n".join(f"- item {i} of a very long list" for i in range(200))
     assert len(emb.instruction_segments(many)) == emb.MAX_INSTRUCTION_SEGMENTS
     assert len(emb.instruction_segments("```\nnever closed " + "x " * 50)) == 0
