@@ -129,7 +129,6 @@ def rank_agents(
     weights = weights_for_query(need)
     query = embedder.embed([need])[0]
     cosines = emb.cosine_scores(vectors.matrix, query)
-    meanings = emb.cosine_scores(vectors.meanings, query) if weights.body_semantic else None
     floor = SHORT_NEED_MIN_COSINE.get(len(content_terms(need)), MIN_COSINE)
     semantic = _semantic_pool(vectors, cosines, exclude, floor)
     in_body = vectors.bodies.scores(need)
@@ -140,15 +139,18 @@ def rank_agents(
     for agent_id in dict.fromkeys(found):
         if agent_id not in pooled and agent_id not in exclude:
             semantic.append((agent_id, float(cosines[vectors.row_of[agent_id]])))
+    # The instructions' vectors count for the candidates only: a product over ~60 rows, not the collection.
+    rows = [vectors.row_of[agent_id] for agent_id, _ in semantic]
+    meanings = (emb.cosine_scores(vectors.meanings[rows], query) if weights.body_semantic and rows
+                else [0.0] * len(rows))
     body, body_meaning = [], []
-    for agent_id, cosine in semantic:
+    for (agent_id, cosine), row, meant in zip(semantic, rows, meanings, strict=True):
         why.setdefault(agent_id, []).append(f"semantic:{cosine:.2f}")
-        row = vectors.row_of[agent_id]
         said = float(in_body[row]) if in_body is not None else 0.0
         if said > 0:
             body.append((agent_id, said))
             why[agent_id].append(f"instructions:{said:.2f}")
-        meant = float(meanings[row]) if meanings is not None else 0.0
+        meant = float(meant)
         if meant > 0:
             body_meaning.append((agent_id, meant))
             why[agent_id].append(f"instructions-semantic:{meant:.2f}")
