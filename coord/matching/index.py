@@ -236,6 +236,7 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
         hashes = {n: text_hash(n, *texts[n]) for n in names}
         vectors = emb.embed_agents(embedder, [(n, texts[n][0], sorted(texts[n][1])) for n in names])
         meanings = emb.embed_instructions(embedder, [texts[n][2] for n in names])
+        bags = {n: terms_blob(texts[n][2]) for n in names}  # made before the write transaction, like the vectors
         with db.session() as s:
             current = _texts(s, names, lock=True)  # re-read, locked: store only what is still true
             rows = []
@@ -247,7 +248,7 @@ def embed_pending(db: Any, embedder: emb.Embedder, *, batch: int | None = None, 
                 rows.append({"agent_id": name, "model_id": embedder.model_id, "text_hash": hashes[name],
                              "dim": embedder.dim, "vector": emb.to_bytes(vec), "updated_at": stamp,
                              "body_vector": b"" if meaning is None else emb.to_bytes(meaning),
-                             "terms": terms_blob(texts[name][2])})
+                             "terms": bags[name]})
             if rows:  # an upsert: two workers embedding the same agent both succeed
                 s.execute(upsert, rows)
             report.embedded += len(rows)
@@ -404,11 +405,12 @@ class VectorCache:
                 added_bags.append(bodyterms.from_bytes(terms))
         if len(ids) != version[0]:
             return None  # rows were deleted too: read everything
-        matrix = cached.matrix.copy() if replaced else cached.matrix
-        meanings = cached.meanings.copy() if replaced else cached.meanings
-        for i, row in replaced:
-            matrix[i] = emb.from_bytes(bytes(row[1]), dim)
-            meanings[i] = _meanings([row], dim)[0]
+        matrix, meanings = cached.matrix, cached.meanings
+        if replaced:
+            at = [i for i, _ in replaced]
+            matrix, meanings = matrix.copy(), meanings.copy()
+            matrix[at] = emb.stack_from_bytes([bytes(row[1]) for _, row in replaced], dim)
+            meanings[at] = _meanings([row for _, row in replaced], dim)
         if added:
             import numpy as np
 
