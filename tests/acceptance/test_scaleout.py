@@ -128,13 +128,15 @@ def _replay(call: Any, *args: Any, **kwargs: Any) -> Any:
             time.sleep(0.2)
 
 
-def _agent(values: dict[str, Any], name: str, n_tasks: int, lease: float, stop: Any, out: Any) -> None:
+def _agent(values: dict[str, Any], name: str, n_tasks: int, lease: float, stop: Any, ready: Any, out: Any) -> None:
     """Child process: an agent that delegates `n_tasks` to the target (a thread) while it claims and
-    completes the target's tasks, until the parent says stop. Reports every claim it got."""
+    completes the target's tasks, until the parent says stop. Says when it is connected; reports every
+    claim it got."""
     from coord.logs import configure_logging
 
     configure_logging("warning", "json")
     coord = Coordinator(load_settings(overrides=values, env={}).settings)
+    ready.put(name)
     errors: list[str] = []
 
     def produce() -> None:
@@ -216,15 +218,20 @@ def _setup(tmp_path: Path, db_url: str, queue_url: str) -> tuple[Coordinator, di
 
 
 class Agents:
-    """The agent processes of one run (spawned: each its own interpreter and Coordinator)."""
+    """The agent processes of one run (spawned: each its own interpreter and Coordinator). Returns once
+    every one is connected, so a fault the test injects next hits agents that are running, not one still
+    opening its Coordinator (which, by design, fails at once when the database is unreachable)."""
 
     def __init__(self, values: dict[str, Any], n_procs: int, per_proc: int, lease: float) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.stop, self.out = ctx.Event(), ctx.Queue()
-        self.procs = [ctx.Process(target=_agent, args=(values, f"agent{p}", per_proc, lease, self.stop, self.out),
-                                  daemon=True) for p in range(n_procs)]
+        self.stop, self.out, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
+        self.procs = [ctx.Process(target=_agent, daemon=True,
+                                  args=(values, f"agent{p}", per_proc, lease, self.stop, ready, self.out))
+                      for p in range(n_procs)]
         for proc in self.procs:
             proc.start()
+        for _ in self.procs:
+            ready.get(timeout=120)
 
     def collect(self) -> list[dict[str, Any]]:
         self.stop.set()
